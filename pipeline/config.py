@@ -1,0 +1,250 @@
+"""The configuration tree: pydantic v2 models, unknown keys forbidden, checked before any heavy work.
+
+`load_config(path, overrides)` is the only entry point; every problem becomes a `ConfigError`
+whose message names the field path, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+STAGES: tuple[str, ...] = ("train", "prune", "export", "validate")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataConfig(Strict):
+    name: Literal["digits", "imagefolder"] = "digits"
+    root: Path | None = Field(None, description="data set folder; unused by the embedded digits")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train, stratified")
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="sources without an official test split only (digits)"
+    )
+    split_seed: int = Field(0, ge=0)
+    max_per_class: int | None = Field(None, ge=1, description="cap train images per class")
+    # Preset overrides: None takes the data set's preset.
+    input_size: int | None = Field(None, ge=8, le=1024)
+    resize: int | None = Field(None, ge=8, le=2048, description="test-time resize before centre crop")
+    train_aug: Literal["none", "crop", "crop_flip", "rrc_flip"] | None = None
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    num_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, v: tuple[float, float, float] | None) -> Any:
+        if v is not None and min(v) <= 0:
+            raise ValueError("every std must be > 0")
+        return v
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> Any:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be >= 0 or 'auto'")
+        return v
+
+
+class ModelConfig(Strict):
+    name: str = "resnet18"
+    width: float = Field(1.0, gt=0.0, le=8.0, description="channel width multiplier")
+    stem: Literal["auto", "cifar", "imagenet"] = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from pipeline.models import list_models
+
+        if v not in list_models():
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(list_models())}")
+        return v
+
+
+class DistillConfig(Strict):
+    """METHOD.md section 5 defaults."""
+
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(2.0, ge=0.0, description="weight of the KL term (times T^2)")
+    beta: float = Field(100.0, ge=0.0, description="weight of attention transfer")
+    beta_mix: float = Field(100.0, ge=0.0, description="weight of the mixed-attention term")
+    mask: Literal["soft", "hard"] = "soft"
+    kappa: float = Field(20.0, gt=0.0, description="soft-mask sharpness")
+    ratio: Literal["entropy", "confidence"] = "entropy"
+    ratio_invert: bool = False
+    mix_warmup_epochs: int | None = Field(
+        None, ge=0, description="epochs without L_mix; None scales 5 of 200 with the schedule"
+    )
+
+
+class TrainConfig(Strict):
+    method: Literal["ce", "frskd", "ama"] = "ce"
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch")
+    lr: float = Field(0.1, gt=0.0, description="learning rate at lr_reference_batch")
+    lr_reference_batch: int = Field(128, ge=1)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: tuple[float, ...] = Field((0.5, 0.75), description="fractions of the schedule")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    distill: DistillConfig = DistillConfig()
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < m < 1.0 for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones are increasing fractions of the schedule, each in (0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+
+class PruneConfig(Strict):
+    parity_samples: int = Field(512, ge=1, description="test images for the logit-equality proof")
+    atol: float = Field(0.0, ge=0.0, description="0 demands bit-for-bit equal logits")
+
+
+class ExportConfig(Strict):
+    opset: int = Field(18, ge=13, le=23)
+    atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
+    min_top1_agreement: float = Field(0.999, ge=0.0, le=1.0)
+    parity_samples: int = Field(512, ge=1)
+
+
+class LatencyConfig(Strict):
+    warmup: int = Field(20, ge=0)
+    iters: int = Field(200, ge=10)
+    throughput_batch: int = Field(64, ge=1)
+    throughput_iters: int = Field(20, ge=1)
+    threads: int | None = Field(None, ge=1, description="intra-op threads; None = all cores")
+
+
+class GatesConfig(Strict):
+    min_top1: float = Field(0.0, ge=0.0, le=1.0)
+    max_top1_drop: float = Field(0.01, ge=0.0, le=1.0, description="ONNX vs torch, as a fraction")
+
+
+class ValidateConfig(Strict):
+    gates: GatesConfig = GatesConfig()
+    latency: LatencyConfig = LatencyConfig()
+
+
+class PipelineConfig(Strict):
+    name: str = "default"
+    run_dir: Path = Field(Path("runs"), description="the run folder is <run_dir>/<name>")
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    prune: PruneConfig = PruneConfig()
+    export: ExportConfig = ExportConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError("use letters, digits, '_', '-', '.' (it names a folder)")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PipelineConfig:
+        d = self.data
+        if d.name != "digits":
+            if d.root is None:
+                raise ValueError(f"data.root is required for data.name={d.name!r}")
+            if not d.root.exists():
+                raise ValueError(f"data.root {str(d.root)!r} does not exist; point it at the data set folder")
+        return self
+
+    @property
+    def run_path(self) -> Path:
+        return self.run_dir / self.name
+
+    def stage_config(self, stage: str) -> dict[str, Any]:
+        """The part of the config a stage's key depends on."""
+        dump = self.model_dump(mode="json", by_alias=True)
+        if stage == "train":
+            return {k: dump[k] for k in ("data", "model", "train")}
+        return {stage: dump[stage]}
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against the documented keys (pipeline check prints them)"
+        bad = e.get("input")
+        shown = "" if isinstance(bad, dict) or e["type"] == "missing" else f" (got {bad!r})"
+        lines.append(f"  {path}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _apply_override(tree: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. --set train.epochs=3")
+    key, raw = item.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {item!r}: empty key path")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {item!r}: {p!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML file (or nothing, for all defaults), apply `a.b=v` overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {source!r} not found; pass the path to a YAML file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        tree = loaded or {}
+    for item in overrides or []:
+        _apply_override(tree, item)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

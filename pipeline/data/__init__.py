@@ -1,0 +1,70 @@
+"""Data: sources by name, presets, the validation split and loaders."""
+
+from __future__ import annotations
+
+from pipeline.data.base import (
+    DataBundle,
+    FileImages,
+    ImageSet,
+    SourceData,
+    TensorImages,
+    Transformed,
+    cap_per_class,
+    hash_parts,
+    make_loader,
+    stratified_split,
+)
+from pipeline.data.presets import PRESETS, Preset, eval_transform, train_transform
+from pipeline.data.sources import SOURCES, register_source
+from pipeline.errors import DataError
+
+
+def resolve_preset(cfg) -> Preset:
+    base = PRESETS.get(cfg.name, PRESETS["imagefolder"])
+    return base.with_overrides(
+        input_size=cfg.input_size,
+        resize=cfg.resize,
+        train_aug=cfg.train_aug,
+        mean=tuple(cfg.mean) if cfg.mean else None,
+        std=tuple(cfg.std) if cfg.std else None,
+    )
+
+
+def build_data(cfg) -> DataBundle:
+    """Read the configured source, carve validation from train, attach the preset's transforms."""
+    if cfg.name not in SOURCES:
+        raise DataError(f"unknown data source {cfg.name!r}; known: {', '.join(sorted(SOURCES))}")
+    src: SourceData = SOURCES[cfg.name](cfg)
+    preset = resolve_preset(cfg)
+    train_idx, val_idx = stratified_split(src.train.labels, cfg.val_fraction, cfg.split_seed)
+    train_idx = cap_per_class(src.train.labels, train_idx, cfg.max_per_class)
+    fp = hash_parts(src.fingerprint, preset.to_dict(), cfg.val_fraction, cfg.split_seed, cfg.max_per_class)
+    return DataBundle(
+        train=Transformed(src.train, train_idx, train_transform(preset)),
+        val=Transformed(src.train, val_idx, eval_transform(preset)),
+        test=Transformed(src.test, range(len(src.test)), eval_transform(preset)),
+        classes=src.classes,
+        preset=preset,
+        fingerprint=fp,
+        info=src.info,
+    )
+
+
+__all__ = [
+    "PRESETS",
+    "SOURCES",
+    "DataBundle",
+    "FileImages",
+    "ImageSet",
+    "Preset",
+    "SourceData",
+    "TensorImages",
+    "Transformed",
+    "build_data",
+    "eval_transform",
+    "make_loader",
+    "register_source",
+    "resolve_preset",
+    "stratified_split",
+    "train_transform",
+]
