@@ -195,11 +195,24 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key; check the spelling against the documented keys (pipeline check prints them)"
+            allowed = _allowed_keys(e["loc"][:-1])
+            msg = f"unknown key; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
         bad = e.get("input")
         shown = "" if isinstance(bad, dict) or e["type"] == "missing" else f" (got {bad!r})"
         lines.append(f"  {path}: {msg}{shown}")
     return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    """The keys of the section at `loc`, by their YAML names."""
+    model: Any = PipelineConfig
+    for part in loc:
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        field = fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return [f.alias or n for n, f in model.model_fields.items()]
 
 
 def _apply_override(tree: dict[str, Any], item: str) -> None:

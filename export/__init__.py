@@ -1,0 +1,1 @@
+"""Export: torch -> ONNX, then ONNX Runtime and TensorRT back ends."""

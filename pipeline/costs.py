@@ -1,0 +1,22 @@
+"""What a model costs: parameters, multiply-accumulates and CPU latency, measured the same way for all."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from serving.bench import latency
+
+
+def count_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass at the example's batch size (FLOPs / 2)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example)
+    return counter.get_total_flops() // 2
+
+
+def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int = 10, iters: int = 50) -> dict[str, float]:
+    model.eval()
+    with torch.inference_mode():
+        return latency(lambda: model(example), warmup=warmup, iters=iters)

@@ -1,0 +1,47 @@
+"""Saving and loading models as safetensors plus a JSON spec: loading never executes code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.models.registry import create_model
+from pipeline.models.wrapper import SelfDistillModel
+
+
+def save_model(model: nn.Module, spec: dict[str, Any], folder: Path, stem_name: str) -> list[Path]:
+    weights = folder / f"{stem_name}.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"spec": json.dumps(spec)})
+    spec_path = folder / f"{stem_name}.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    return [weights, spec_path]
+
+
+def read_spec(folder: Path, stem_name: str) -> dict[str, Any]:
+    return json.loads((folder / f"{stem_name}.json").read_text())
+
+
+def build_backbone(spec: dict[str, Any]) -> nn.Module:
+    return create_model(spec["arch"], num_classes=spec["num_classes"], stem=spec["stem"], width=spec["width"])
+
+
+def build_training_model(spec: dict[str, Any], distill_cfg: Any = None) -> SelfDistillModel:
+    from pipeline.config import DistillConfig
+    from pipeline.distill import create_method
+
+    backbone = build_backbone(spec)
+    method = create_method(
+        spec["method"], distill_cfg or DistillConfig(), num_classes=spec["num_classes"], epochs=1
+    )
+    return SelfDistillModel(backbone, method.build_aux(backbone))
+
+
+def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:
+    state = load_file(str(folder / f"{stem_name}.safetensors"))
+    model.load_state_dict(state, strict=True)
+    return model.eval()

@@ -1,0 +1,109 @@
+"""The validate stage: accuracy and latency of every artefact on the test split, against gates.
+
+Every artefact is scored on the same preprocessed test tensors; latency is batch 1
+(warm-up, then p50/p90/p99) and throughput at a larger batch, each back end with the same
+thread count. Everything is written before a failed gate is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import Manifest, write_json_atomic
+from pipeline.config import PipelineConfig
+from pipeline.errors import GateFailed
+from pipeline.models.io import build_backbone, load_weights, read_spec
+from serving.bench import latency, throughput
+
+log = logging.getLogger("pipeline.validate")
+
+
+def test_arrays(ctx) -> tuple[np.ndarray, np.ndarray]:
+    test = ctx.data.test
+    xs = np.stack([test[i][0].numpy() for i in range(len(test))]).astype(np.float32)
+    ys = np.asarray(test.labels)
+    return xs, ys
+
+
+def top1(predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, chunk: int = 256) -> float:
+    correct = 0
+    for s in range(0, len(xs), chunk):
+        correct += int((predict(xs[s : s + chunk]).argmax(1) == ys[s : s + chunk]).sum())
+    return correct / len(xs)
+
+
+def score(predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, cfg: PipelineConfig) -> dict:
+    lat = cfg.validate_.latency
+    one = xs[:1]
+    batch = np.resize(xs, (lat.throughput_batch, *xs.shape[1:])).astype(np.float32)
+    return {
+        "top1": top1(predict, xs, ys),
+        "latency_ms": latency(lambda: predict(one), warmup=lat.warmup, iters=lat.iters),
+        "throughput": throughput(
+            lambda: predict(batch), lat.throughput_batch, warmup=2, iters=lat.throughput_iters
+        ),
+    }
+
+
+def torch_predictor(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return predict
+
+
+def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
+    g = cfg.validate_.gates
+    gates = []
+    for name, a in artefacts.items():
+        gates.append({"gate": f"{name}.top1 >= min_top1", "value": a["top1"], "limit": g.min_top1, "passed": a["top1"] >= g.min_top1})
+    ref = artefacts["torch"]["top1"]
+    for name, a in artefacts.items():
+        if name == "torch":
+            continue
+        drop = ref - a["top1"]
+        gates.append({"gate": f"{name}.top1_drop <= max_top1_drop", "value": drop, "limit": g.max_top1_drop, "passed": drop <= g.max_top1_drop})
+    return gates
+
+
+def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
+    from pipeline.report import write_reports
+    from pipeline.runner import StageResult
+    from serving.predictor import OrtPredictor
+
+    threads = cfg.validate_.latency.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    prune, export = inputs["prune"], inputs["export"]
+    spec = read_spec(prune.folder, "classifier")
+    model = load_weights(build_backbone(spec), prune.folder, "classifier")
+    xs, ys = test_arrays(ctx)
+    artefacts: dict[str, dict] = {}
+    log.info("validating torch (fp32) on %d test images", len(xs))
+    artefacts["torch"] = {"backend": "torch eager fp32", "file": str(prune.path("classifier.safetensors")), **score(torch_predictor(model), xs, ys, cfg)}
+    onnx_path = export.path(export.extra["artefacts"]["onnx"])
+    log.info("validating onnxruntime (fp32)")
+    ort = OrtPredictor(onnx_path, threads=threads)
+    artefacts["onnx"] = {"backend": "onnxruntime CPU fp32", "file": str(onnx_path), **score(ort.run, xs, ys, cfg)}
+    for a in artefacts.values():
+        a["bytes"] = Path(a["file"]).stat().st_size
+    gates = check_gates(cfg, artefacts)
+    metrics = {"threads": threads, "test_samples": len(xs), "artefacts": artefacts, "gates": gates}
+    write_json_atomic(out_dir / "validation.json", metrics)
+    write_reports(ctx.run_dir, cfg, inputs, metrics)
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        err = GateFailed(
+            "gate failed: "
+            + "; ".join(f"{g['gate']}: measured {g['value']:.4f}, limit {g['limit']}" for g in failed)
+            + f". Everything measured is in {ctx.run_dir / 'report.md'}"
+        )
+        err.result = StageResult(metrics=metrics)
+        raise err
+    return StageResult(metrics=metrics)

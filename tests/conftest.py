@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny pipeline config, RNG hygiene, and the `gpu` marker's automatic skip."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_SMALL = REPO.parent / "shared" / "datasets" / "cifar10-small"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is visible on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng():
+    """Tests may seed freely; the next test starts from the same global RNG state."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    threads = torch.get_num_threads()
+    yield
+    random.setstate(py)
+    np.random.set_state(npy)
+    torch.set_rng_state(th)
+    torch.set_num_threads(threads)
+
+
+TINY = [
+    "data.name=digits",
+    "model.name=resnet18",
+    "model.width=0.125",
+    "train.epochs=2",
+    "train.batch_size=64",
+    "train.schedule=cosine",
+    "train.seed=0",
+    "prune.parity_samples=64",
+    "export.parity_samples=64",
+    "validate.latency.warmup=1",
+    "validate.latency.iters=10",
+    "validate.latency.throughput_batch=8",
+    "validate.latency.throughput_iters=2",
+    "validate.gates.min_top1=0.0",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    return [*TINY, f"run_dir={tmp_path / 'runs'}", "name=tiny"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    from pipeline.config import load_config
+
+    return load_config(None, tiny_overrides)

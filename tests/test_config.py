@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.__main__ import main
+from pipeline.config import load_config
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_pipeline_yaml_is_valid():
+    cfg = load_config(REPO / "pipeline.yaml")
+    assert cfg.data.name == "digits"
+    assert cfg.run_path == Path("runs") / cfg.name
+
+
+def test_overrides_are_typed_yaml():
+    cfg = load_config(None, ["train.epochs=3", "model.width=0.5", "train.milestones=[0.3, 0.6]"])
+    assert cfg.train.epochs == 3 and cfg.model.width == 0.5 and cfg.train.milestones == (0.3, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochz=3", ["train.epochz", "unknown key", "epochs"]),
+        ("train.epochs=abc", ["train.epochs", "'abc'"]),
+        ("train.epochs=0", ["train.epochs", "greater than or equal to 1"]),
+        ("model.name=resnet1000", ["model.name", "resnet1000", "resnet18"]),
+        ("train.method=magic", ["train.method", "'ce'", "'magic'"]),
+        ("data.val_fraction=1.5", ["data.val_fraction", "1.5"]),
+        ("train.milestones=[0.8, 0.2]", ["train.milestones", "increasing"]),
+        ("name=has space", ["name", "folder"]),
+    ],
+)
+def test_bad_values_name_field_value_and_allowed(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for text in expected:
+        assert text in str(err.value)
+
+
+def test_missing_data_root_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="data.root"):
+        load_config(None, ["data.name=imagefolder"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(None, ["data.name=imagefolder", f"data.root={tmp_path / 'nope'}"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n- not a mapping\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+
+
+def test_cli_bad_config_exits_2_without_traceback(capsys):
+    code = main(["check", str(REPO / "pipeline.yaml"), "--set", "train.epochs=-1"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "train.epochs" in captured.err and "Traceback" not in captured.err
+
+
+def test_cli_check_prints_resolved_config(capsys):
+    assert main(["check", str(REPO / "pipeline.yaml"), "--set", "train.epochs=7"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 7" in out and "temperature: 4.0" in out

@@ -1,0 +1,129 @@
+"""End-to-end runs of a tiny config: every stage, caching, partial re-runs, gates and parity."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.__main__ import main
+from pipeline.config import load_config
+from pipeline.errors import ExportParityError
+from pipeline.runner import run_pipeline
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny run shared by the read-only checks below."""
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("e2e")
+    cfg = load_config(None, [*TINY, f"run_dir={root}", "name=shared"])
+    return cfg, run_pipeline(cfg)
+
+
+def test_every_stage_writes_a_complete_manifest(finished):
+    cfg, manifests = finished
+    assert list(manifests) == ["train", "prune", "export", "validate"]
+    for stage, m in manifests.items():
+        assert m.complete, stage
+        on_disk = json.loads((m.folder / "manifest.json").read_text())
+        assert on_disk["key"] == m.key and on_disk["environment"]["torch"]
+        assert on_disk["files"], f"{stage} recorded no files"
+    assert (manifests["train"].folder / "metrics.jsonl").read_text().count("\n") == cfg.train.epochs
+    assert manifests["prune"].inputs == {"train": manifests["train"].key}
+
+
+def test_report_has_top1_and_latency_per_artefact(finished):
+    cfg, _ = finished
+    report = json.loads((cfg.run_path / "report.json").read_text())
+    for name in ("torch", "onnx"):
+        art = report["artefacts"][name]
+        assert 0.0 <= art["top1"] <= 1.0
+        lat = art["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert "| onnx |" in (cfg.run_path / "report.md").read_text()
+
+
+def test_prune_proves_logits_equal_and_export_parity(finished):
+    _, manifests = finished
+    prune = manifests["prune"].metrics
+    assert prune["parity"]["max_abs_diff"] == 0.0
+    assert prune["params_deployed"] == prune["params_bare_backbone"]
+    onnx = manifests["export"].metrics["onnx"]["parity"]
+    assert onnx["max_abs_diff"] < 1e-4 and onnx["top1_agreement"] == 1.0
+
+
+def test_onnx_carries_class_names(finished):
+    from serving.predictor import OrtPredictor
+
+    _, manifests = finished
+    pred = OrtPredictor(manifests["export"].folder / "model.onnx")
+    assert pred.classes == [str(i) for i in range(10)]
+
+
+def test_rerun_skips_and_changed_stage_reruns_only_downstream(tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
+    first = run_pipeline(cfg)
+    again = run_pipeline(cfg)
+    assert {s: m.started for s, m in first.items()} == {s: m.started for s, m in again.items()}
+    changed = load_config(None, tiny_overrides + ["train.epochs=1", "export.atol=0.001"])
+    third = run_pipeline(changed)
+    for stage in ("train", "prune"):
+        assert third[stage].started == first[stage].started, stage
+    for stage in ("export", "validate"):
+        assert third[stage].started > first[stage].started, stage
+        assert third[stage].key != first[stage].key
+
+
+def test_only_and_from(tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
+    first = run_pipeline(cfg)
+    only = run_pipeline(cfg, only="validate")
+    assert list(only) == ["train", "prune", "export", "validate"]
+    assert only["export"].started == first["export"].started
+    assert only["validate"].started == first["validate"].started  # up to date: skipped
+    rerun = run_pipeline(cfg, from_stage="export")
+    assert rerun["prune"].started == first["prune"].started
+    assert rerun["export"].started > first["export"].started
+
+
+def _cli_args(overrides: list[str], tmp_path) -> list[str]:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("{}\n")
+    return ["run", str(empty), *sum((["--set", o] for o in overrides), [])]
+
+
+def test_only_without_inputs_fails_clearly(tiny_overrides, tmp_path):
+    code = main([*_cli_args(tiny_overrides, tmp_path), "--only", "export"])
+    assert code == 5
+
+
+def test_failed_gate_exits_3_and_keeps_everything(tiny_overrides, tmp_path, capsys):
+    args = _cli_args(tiny_overrides, tmp_path)
+    code = main([*args, "--set", "train.epochs=1", "--set", "validate.gates.min_top1=1.01"])
+    assert code == 2  # out of range: a config error, caught before any work
+    code = main([*args, "--set", "train.epochs=1", "--set", "validate.gates.min_top1=1.0"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "min_top1" in err and "measured" in err and "limit 1.0" in err
+    cfg = load_config(None, tiny_overrides)
+    assert (cfg.run_path / "report.md").is_file()
+    assert (cfg.run_path / "01_train" / "model.safetensors").is_file()
+    validate = json.loads((cfg.run_path / "04_validate" / "manifest.json").read_text())
+    assert validate["status"] == "gate_failed"
+
+
+def test_export_parity_failure_names_difference_and_limit(tiny_overrides, monkeypatch):
+    import export.onnx as ex
+
+    real = ex.ort_parity
+
+    def skewed(path, model, images):
+        res = real(path, model, images)
+        return {**res, "max_abs_diff": res["max_abs_diff"] + 0.5}
+
+    monkeypatch.setattr(ex, "ort_parity", skewed)
+    cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
+    with pytest.raises(ExportParityError, match=r"max \|diff\| 0\.5.*export\.atol=0\.0001"):
+        run_pipeline(cfg)
