@@ -26,6 +26,7 @@ _ALLOWED_GLOBALS = {
     ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # bytes pickled by python 3 at protocol 2
     ("copy_reg", "_reconstructor"),  # python 2 pickles (the official files) name copyreg so
     ("copyreg", "_reconstructor"),
 }

@@ -84,7 +84,9 @@ def to_int(value: str, path: Path, line: int | None, fmt: str) -> int:
         return int(value)
     except ValueError:
         where = f"{path} line {line}" if line else str(path)
-        raise DataError(f"{where}: {value!r} is not an integer; expected lines like {fmt!r}") from None
+        raise DataError(
+            f"{where}: {value!r} is not an integer; expected lines like {fmt!r}"
+        ) from None
 
 
 def scan_class_folder(folder: Path) -> list[Path]:

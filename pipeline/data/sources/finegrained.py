@@ -62,7 +62,9 @@ def cub200(cfg) -> SourceData:
     split = _id_table(split_file, "1 0")
     train, test = FileList([], []), FileList([], [])
     for img_id, rel in sorted(images.items()):
-        cid = to_int(_lookup(labels, img_id, label_file, root / "images.txt"), label_file, None, "1 1")
+        cid = to_int(
+            _lookup(labels, img_id, label_file, root / "images.txt"), label_file, None, "1 1"
+        )
         if cid not in index:
             raise DataError(
                 f"{label_file}: image {img_id} has class {cid}, which {root / 'classes.txt'} lacks"
