@@ -192,3 +192,15 @@ def test_not_an_image_named_jpg(fake_imagefolder) -> None:
     write_image(fake_imagefolder.folder / "train" / "cat" / "x.jpg", 0).write_bytes(b"not an image")
     bundle = build_data(cfg("imagefolder", fake_imagefolder.folder, on_bad_image="skip"))
     assert bundle.summary()["skipped_images"] == 1
+
+
+def test_auto_workers_follow_the_machine(fake_imagefolder, monkeypatch) -> None:
+    import pipeline.data.base as base
+
+    mem = build_data(cfg("imagefolder", fake_imagefolder.folder)).train
+    files = build_data(cfg("imagefolder", fake_imagefolder.folder, cache="none")).train
+    monkeypatch.setattr(base, "available_cpus", lambda: 2)
+    assert base.resolve_workers("auto", mem) == 0 and base.resolve_workers("auto", files) == 0
+    monkeypatch.setattr(base, "available_cpus", lambda: 16)
+    assert base.resolve_workers("auto", mem) == 4 and base.resolve_workers("auto", files) == 8
+    assert base.resolve_workers(3, files) == 3

@@ -7,7 +7,6 @@ never waits on JPEG decoding; large ones stay on disk and are decoded by the loa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data.base import FileImages, ImageSet, TensorImages, hash_parts
+from pipeline.data.base import FileImages, ImageSet, TensorImages, available_cpus, hash_parts
 from pipeline.errors import DataError
 
 IMAGE_EXTENSIONS = {
@@ -53,7 +52,7 @@ def list_images(folder: Path) -> list[Path]:
 
 def decode_threads() -> int:
     # Pillow releases the GIL while decoding, so threads scale with cores without process start-up.
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(8, available_cpus()))
 
 
 def _open_rgb(path: Path, draft: bool) -> np.ndarray:
