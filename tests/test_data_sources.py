@@ -204,3 +204,22 @@ def test_auto_workers_follow_the_machine(fake_imagefolder, monkeypatch) -> None:
     monkeypatch.setattr(base, "available_cpus", lambda: 16)
     assert base.resolve_workers("auto", mem) == 4 and base.resolve_workers("auto", files) == 8
     assert base.resolve_workers(3, files) == 3
+
+
+REAL_CIFAR10_SMALL = (
+    Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "cifar10-small"
+)
+
+
+@pytest.mark.skipif(
+    not REAL_CIFAR10_SMALL.is_dir(), reason="../shared/datasets/cifar10-small absent"
+)
+def test_real_cifar10_small_loads_into_memory() -> None:
+    bundle = build_data(cfg("imagefolder", REAL_CIFAR10_SMALL.resolve()))
+    assert bundle.num_classes == 10 and bundle.classes[0] == "airplane"
+    assert (len(bundle.train), len(bundle.val), len(bundle.test)) == (4500, 500, 1000)
+    assert isinstance(bundle.train.base, TensorImages) and bundle.train.base.images.shape[1:] == (
+        3,
+        32,
+        32,
+    )
