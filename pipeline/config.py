@@ -23,7 +23,16 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: Literal["digits", "imagefolder"] = "digits"
+    name: Literal[
+        "digits",
+        "imagefolder",
+        "cifar10",
+        "cifar100",
+        "tiny_imagenet",
+        "cub200",
+        "mit67",
+        "stanford_dogs",
+    ] = "digits"
     root: Path | None = Field(None, description="data set folder; unused by the embedded digits")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train, stratified")
     test_fraction: float = Field(
@@ -38,6 +47,14 @@ class DataConfig(Strict):
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
     num_workers: int | Literal["auto"] = "auto"
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail",
+        description="unreadable or corrupt image files: stop with an error, or drop and count them",
+    )
+    cache: Literal["auto", "memory", "none"] = Field(
+        "auto", description="decode image files once into memory; auto = when below cache_max_gib"
+    )
+    cache_max_gib: float = Field(2.0, gt=0.0, description="decoded-size limit for cache=auto")
 
     @field_validator("std")
     @classmethod

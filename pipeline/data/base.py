@@ -173,14 +173,27 @@ def hash_parts(*parts: object) -> str:
     return h.hexdigest()[:16]
 
 
+def available_cpus() -> int:
+    # The affinity mask respects container and taskset limits; cpu_count() reports the host.
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
 def resolve_workers(setting: int | str, dataset: Dataset) -> int:
+    """'auto': no workers on small machines, where training needs every core; otherwise a few for
+    in-memory uint8 sets (crop/flip is cheap, but one process cannot keep up with a GPU) and more
+    for files, whose decoding dominates."""
     if isinstance(setting, int):
         return setting
+    cpus = available_cpus()
+    if cpus <= 2:
+        return 0
     base = dataset.base if isinstance(dataset, Transformed) else dataset
     if isinstance(base, TensorImages):
-        return 0  # in-memory uint8: worker start-up costs more than the transforms
-    cpus = os.cpu_count() or 1
-    return 0 if cpus <= 2 else min(8, cpus // 2)
+        return min(4, max(1, cpus // 4))
+    return min(8, cpus // 2)
 
 
 def make_loader(

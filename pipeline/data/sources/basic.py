@@ -1,26 +1,17 @@
-"""Data sources by name: the embedded digits and generic image folders."""
+"""The embedded digits default and generic image folders (torchvision ImageFolder layout)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline.data.base import FileImages, SourceData, TensorImages, hash_parts, stratified_split
+from pipeline.data.base import SourceData, TensorImages, hash_parts, stratified_split
+from pipeline.data.files import FileList
+from pipeline.data.sources.common import file_source, locate, scan_class_folder
+from pipeline.data.sources.registry import register_source
 from pipeline.errors import DataError
-
-SOURCES: dict[str, Callable] = {}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def register_source(name: str) -> Callable:
-    def deco(fn: Callable) -> Callable:
-        SOURCES[name] = fn
-        return fn
-
-    return deco
 
 
 @register_source("digits")
@@ -44,9 +35,10 @@ def digits(cfg) -> SourceData:
     )
 
 
-def _scan_split(root: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+def scan_split(root: Path, classes: list[str] | None) -> tuple[FileList, list[str]]:
+    """root/<class>/<images>; the test split must use the train split's classes."""
     if not root.is_dir():
-        raise DataError(f"expected a folder {root} with one sub-folder per class (root/<class>/*.jpg)")
+        raise DataError(f"expected a folder {root} with one sub-folder per class (<class>/*.jpg)")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not found:
         raise DataError(f"{root} has no class folders; expected {root}/<class>/<image files>")
@@ -56,39 +48,17 @@ def _scan_split(root: Path, classes: list[str] | None) -> tuple[list[Path], list
     for name in found:
         if name not in index:
             raise DataError(f"class folder {root / name} is not among the train classes {classes}")
-        files = sorted(
-            p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        files = scan_class_folder(root / name)
         paths.extend(files)
         labels.extend([index[name]] * len(files))
-    return paths, labels, classes
-
-
-def files_fingerprint(paths: list[Path], labels: list[int], base: Path) -> str:
-    """Relative paths, sizes and modification times: changes when a file is added, removed or edited."""
-    entries = []
-    for p in paths:
-        st = p.stat()
-        entries.append((str(p.relative_to(base)), st.st_size, st.st_mtime_ns))
-    return hash_parts(entries, labels)
+    return FileList(paths, labels), classes
 
 
 @register_source("imagefolder")
 def imagefolder(cfg) -> SourceData:
     """root/train/<class>/* and root/test/<class>/* (torchvision ImageFolder layout)."""
-    root = Path(cfg.root)
-    tr_paths, tr_labels, classes = _scan_split(root / "train", None)
-    te_paths, te_labels, _ = _scan_split(root / "test", classes)
-    fp = hash_parts(
-        "imagefolder",
-        files_fingerprint(tr_paths, tr_labels, root),
-        files_fingerprint(te_paths, te_labels, root),
-    )
-    return SourceData(
-        train=FileImages(tr_paths, tr_labels),
-        test=FileImages(te_paths, te_labels),
-        classes=classes,
-        fingerprint=fp,
-    )
+    layout = "train/<class>/*.jpg and test/<class>/*.jpg"
+    root = locate(cfg, "image folder", "train", (), layout)
+    train, classes = scan_split(root / "train", None)
+    test, _ = scan_split(root / "test", classes)
+    return file_source("imagefolder", root, train, test, classes, cfg)
