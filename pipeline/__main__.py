@@ -45,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config and print it with every default filled in")
     _add_config_args(check)
+
+    data = sub.add_parser("data", help="inspect the configured data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    data_check = data_sub.add_parser(
+        "check", help="class and split counts, image sizes, loader vs training-step images/s"
+    )
+    _add_config_args(data_check)
+    data_check.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -74,6 +82,18 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.config import load_config
+    from pipeline.data.check import format_data_check, run_data_check
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_data_check(cfg)
+    print(json.dumps(result, indent=2) if args.json else format_data_check(result))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
@@ -95,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return {"run": _cmd_run, "check": _cmd_check}[args.command](args)
+        return {"run": _cmd_run, "check": _cmd_check, "data": _cmd_data}[args.command](args)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code

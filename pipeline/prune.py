@@ -19,7 +19,13 @@ from pipeline.config import PipelineConfig
 from pipeline.costs import count_macs, torch_latency
 from pipeline.errors import StageError
 from pipeline.models import count_parameters
-from pipeline.models.io import build_backbone, build_training_model, load_weights, read_spec, save_model
+from pipeline.models.io import (
+    build_backbone,
+    build_training_model,
+    load_weights,
+    read_spec,
+    save_model,
+)
 
 log = logging.getLogger("pipeline.prune")
 

@@ -69,3 +69,9 @@ def test_cli_check_prints_resolved_config(capsys):
     assert main(["check", str(REPO / "pipeline.yaml"), "--set", "train.epochs=7"]) == 0
     out = capsys.readouterr().out
     assert "epochs: 7" in out and "temperature: 4.0" in out
+
+
+def test_cli_data_check_prints_counts_and_speeds(capsys):
+    assert main(["data", "check", str(REPO / "pipeline.yaml"), "--set", "model.width=0.125"]) == 0
+    out = capsys.readouterr().out
+    assert "classes" in out and "images/s" in out
