@@ -75,6 +75,9 @@ class ModelConfig(Strict):
     name: str = "resnet18"
     width: float = Field(1.0, gt=0.0, le=8.0, description="channel width multiplier")
     stem: Literal["auto", "cifar", "imagenet"] = "auto"
+    num_classes: int | None = Field(
+        None, ge=2, description="optional assertion: must equal the data's class count"
+    )
 
     @field_validator("name")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.artifacts import Manifest, commit_dir, environment, hash_files, stage_key
 from pipeline.config import STAGES, PipelineConfig, dump_config
-from pipeline.errors import ConfigError, GateFailed, StageError
+from pipeline.errors import ConfigError, DataError, GateFailed, StageError
 
 log = logging.getLogger("pipeline")
 
@@ -86,6 +86,7 @@ def run_pipeline(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    _check_model_fits_data(cfg, ctx.data)
     data_fp = ctx.data.fingerprint
     manifests: dict[str, Manifest] = {}
     for stage in STAGES:
@@ -111,6 +112,17 @@ def run_pipeline(
             continue
         manifests[stage] = _run_stage(stage, key, cfg, inputs, folder, ctx, data_fp)
     return manifests
+
+
+def _check_model_fits_data(cfg: PipelineConfig, data) -> None:
+    want = cfg.model.num_classes
+    if want is not None and want != data.num_classes:
+        where = f" at {cfg.data.root}" if cfg.data.root else ""
+        raise DataError(
+            f"model.num_classes={want} but data {cfg.data.name!r}{where} has {data.num_classes} classes "
+            f"({', '.join(data.classes[:5])}{', ...' if data.num_classes > 5 else ''}); "
+            "fix model.num_classes or point data.root at the intended data set"
+        )
 
 
 def _work_folder(folder: Path, key: str) -> Path:

@@ -127,3 +127,11 @@ def test_export_parity_failure_names_difference_and_limit(tiny_overrides, monkey
     cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
     with pytest.raises(ExportParityError, match=r"max \|diff\| 0\.5.*export\.atol=0\.0001"):
         run_pipeline(cfg)
+
+
+def test_model_class_count_must_match_data(tiny_overrides):
+    from pipeline.errors import DataError
+
+    cfg = load_config(None, tiny_overrides + ["model.num_classes=100"])
+    with pytest.raises(DataError, match=r"model.num_classes=100 but data 'digits' has 10 classes"):
+        run_pipeline(cfg)
