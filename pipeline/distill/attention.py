@@ -16,9 +16,38 @@ import torch.nn.functional as F
 EPS = 1e-12
 
 
+class _SquareMean(torch.autograd.Function):
+    """(1/C) sum_c x_c^2 in float32 in one read of x, and a backward that is one multiply.
+
+    The stage maps are the largest tensors of the step; pow-then-mean reads and writes them
+    several times forward and backward, which dominates on a memory-bound CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        norm = torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32)
+        return norm.square() / x.shape[1]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        g = (grad * (2.0 / x.shape[1])).unsqueeze(1).to(x.dtype)
+        # empty_like keeps x's memory format; a plain broadcast product comes out NCHW, and a
+        # gradient in another layout than its tensor sends later kernels down slow strided paths
+        return torch.mul(x, g, out=torch.empty_like(x))
+
+
 def attention_map(x: torch.Tensor) -> torch.Tensor:
-    """A(X) = (1/C) sum_c X_c^2, flattened over positions: (B, C, H, W) -> (B, H*W)."""
-    return x.float().pow(2).mean(dim=1).flatten(1)
+    """A(X) = (1/C) sum_c X_c^2, flattened over positions: (B, C, H, W) -> (B, H*W), float32."""
+    if not x.requires_grad:
+        return (
+            torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32)
+            .square()
+            .div(x.shape[1])
+            .flatten(1)
+        )
+    return _SquareMean.apply(x).flatten(1)
 
 
 def normalize(v: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,23 @@ def kd_loss(
     return F.kl_div(log_p_s, p_t, reduction="batchmean") * (t * t)
 
 
-def attention_transfer(
+def attention_maps(
     student_feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]
-) -> torch.Tensor:
-    """L_AT = sum_i mean_{b,j} (N(A(F_i)) - N(A(R_i)))^2, R_i detached. A removes channels."""
-    total = student_feats[0].new_zeros((), dtype=torch.float32)
-    for f, r in zip(student_feats, teacher_feats, strict=True):
-        s = normalize(attention_map(f))
-        t = normalize(attention_map(r.detach()))
-        total = total + (s - t).pow(2).mean()
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """A(F_i) and A(R_i) (detached) per stage: computed once, shared by L_AT and L_mix."""
+    s = [attention_map(f) for f in student_feats]
+    t = [attention_map(r.detach()) for r in teacher_feats]
+    return s, t
+
+
+def attention_transfer(s_atts: list[torch.Tensor], t_atts: list[torch.Tensor]) -> torch.Tensor:
+    """L_AT = sum_i mean_{b,j} (N(A(F_i)) - N(A(R_i)))^2 over attention maps, teacher detached.
+
+    No channel adapter is needed: A removes channels.
+    """
+    total = s_atts[0].new_zeros(())
+    for s, t in zip(s_atts, t_atts, strict=True):
+        total = total + (normalize(s) - normalize(t.detach())).pow(2).mean()
     return total
 
 
@@ -40,21 +48,23 @@ def region_loss(s_att: torch.Tensor, t_att: torch.Tensor, mask: torch.Tensor) ->
 
 
 def mixed_attention(
-    student_feats: list[torch.Tensor],
-    teacher_feats: list[torch.Tensor],
+    s_atts: list[torch.Tensor],
+    t_atts: list[torch.Tensor],
     ratio: torch.Tensor,
     *,
     mask: str = "soft",
     kappa: float = 20.0,
     invert: bool = False,
 ) -> torch.Tensor:
-    """L_mix = mean_b sum_i ((1 - lambda_b) L_fg + lambda_b L_bg); `invert` swaps the two weights."""
+    """L_mix = mean_b sum_i ((1 - lambda_b) L_fg + lambda_b L_bg) over attention maps (B, H*W).
+
+    `invert` swaps the two weights. The masks come from the detached teacher maps.
+    """
     lam = ratio.detach().float()
     w_fg, w_bg = (lam, 1.0 - lam) if invert else (1.0 - lam, lam)
     per_sample = torch.zeros_like(lam)
-    for f, r in zip(student_feats, teacher_feats, strict=True):
-        s = attention_map(f)
-        t = attention_map(r.detach())
+    for s, t in zip(s_atts, t_atts, strict=True):
+        t = t.detach()
         fg = adaptive_mask(t, kind=mask, kappa=kappa)
         per_sample = per_sample + w_fg * region_loss(s, t, fg) + w_bg * region_loss(s, t, 1.0 - fg)
     return per_sample.mean()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.distill.attention import dynamic_ratio
-from pipeline.distill.losses import attention_transfer, kd_loss, mixed_attention
+from pipeline.distill.losses import attention_maps, attention_transfer, kd_loss, mixed_attention
 from pipeline.models.self_teacher import SelfTeacher
 from pipeline.models.wrapper import ModelOutput
 
@@ -90,18 +90,19 @@ class SelfKD(Method):
                 f"method {self.name!r} needs the self-teacher's outputs (model.aux is None)"
             )
         c = self.cfg
+        s_atts, t_atts = attention_maps(out.features, out.aux_features)
         parts = {
             "ce": F.cross_entropy(out.logits.float(), targets),
             "ce_aux": F.cross_entropy(out.aux_logits.float(), targets),
             "kd": c.alpha * kd_loss(out.logits, out.aux_logits, c.temperature),
-            "at": c.beta * attention_transfer(out.features, out.aux_features),
+            "at": c.beta * attention_transfer(s_atts, t_atts),
         }
         total = sum(parts.values())
         if self.mix_active(epoch):
             lam = dynamic_ratio(out.aux_logits, targets, kind=c.ratio)
             mix = mixed_attention(
-                out.features,
-                out.aux_features,
+                s_atts,
+                t_atts,
                 lam,
                 mask=c.mask,
                 kappa=c.kappa,
