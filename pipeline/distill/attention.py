@@ -26,7 +26,7 @@ class _SquareMean(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x)
-        norm = torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32)
+        norm = torch.linalg.vector_norm(x, 2, dim=1, dtype=_acc_dtype(x))
         return norm.square() / x.shape[1]
 
     @staticmethod
@@ -38,11 +38,15 @@ class _SquareMean(torch.autograd.Function):
         return torch.mul(x, g, out=torch.empty_like(x))
 
 
+def _acc_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)  # at least float32; float64 stays
+
+
 def attention_map(x: torch.Tensor) -> torch.Tensor:
     """A(X) = (1/C) sum_c X_c^2, flattened over positions: (B, C, H, W) -> (B, H*W), float32."""
     if not x.requires_grad:
         return (
-            torch.linalg.vector_norm(x, 2, dim=1, dtype=torch.float32)
+            torch.linalg.vector_norm(x, 2, dim=1, dtype=_acc_dtype(x))
             .square()
             .div(x.shape[1])
             .flatten(1)
