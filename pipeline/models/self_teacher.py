@@ -38,8 +38,12 @@ class Conv1(nn.Module):
         bn = self.bn
         if scale is None:
             return F.relu(bn(y), inplace=True)
-        if bn.training and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)  # as nn.BatchNorm2d does (used when momentum is None)
+        # nn.BatchNorm2d's own bookkeeping, with the affine parameters scaled
+        momentum = 0.0 if bn.momentum is None else bn.momentum
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:  # cumulative moving average
+                momentum = 1.0 / float(bn.num_batches_tracked)
         y = F.batch_norm(
             y,
             bn.running_mean,
@@ -47,7 +51,7 @@ class Conv1(nn.Module):
             bn.weight * scale,
             bn.bias * scale,
             bn.training or bn.running_mean is None,
-            0.0 if bn.momentum is None else bn.momentum,
+            momentum,
             bn.eps,
         )
         return F.relu(y, inplace=True)
