@@ -10,6 +10,7 @@ each method and both ratios; on a busy host the fastest step is the steadier fig
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -73,7 +74,8 @@ def main() -> None:
     base_min = min(times[names[0]])
     print(
         f"model={args.model} width={args.width} batch={args.batch} steps={args.steps} "
-        f"channels_last={args.channels_last} threads={torch.get_num_threads()}"
+        f"channels_last={args.channels_last} threads={torch.get_num_threads()} "
+        f"load_avg_1min={os.getloadavg()[0]:.1f}"  # other work on the host skews both methods
     )
     for n in names:
         med, fastest = statistics.median(times[n]), min(times[n])
