@@ -56,6 +56,15 @@ class DataConfig(Strict):
     )
     cache_max_gib: float = Field(2.0, gt=0.0, description="decoded-size limit for cache=auto")
 
+    @model_validator(mode="after")
+    def _root_exists(self) -> DataConfig:
+        if self.name != "digits":
+            if self.root is None:
+                raise ValueError(f"root is required for name={self.name!r}; set data.root to the data set folder")
+            if not self.root.exists():
+                raise ValueError(f"root {str(self.root)!r} does not exist; point data.root at the data set folder")
+        return self
+
     @field_validator("std")
     @classmethod
     def _positive_std(cls, v: tuple[float, float, float] | None) -> Any:
@@ -187,15 +196,6 @@ class PipelineConfig(Strict):
             raise ValueError("use letters, digits, '_', '-', '.' (it names a folder)")
         return v
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> PipelineConfig:
-        d = self.data
-        if d.name != "digits":
-            if d.root is None:
-                raise ValueError(f"data.root is required for data.name={d.name!r}")
-            if not d.root.exists():
-                raise ValueError(f"data.root {str(d.root)!r} does not exist; point it at the data set folder")
-        return self
 
     @property
     def run_path(self) -> Path:

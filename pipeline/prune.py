@@ -50,6 +50,19 @@ def logit_parity(a: torch.nn.Module, b: torch.nn.Module, images: torch.Tensor, c
     return {"max_abs_diff": max(diffs), "top1_agreement": agree / len(images), "samples": len(images)}
 
 
+def attention_figures(wrapper, images: torch.Tensor, preset: dict, out_dir: Path) -> list[Path]:
+    """What the self-teacher taught, before it is removed: attention of an early and the last stage."""
+    from pipeline.distill.figures import save_attention_figure
+
+    n_stages = len(wrapper.backbone.stage_channels)
+    return [
+        save_attention_figure(
+            wrapper, images, None, out_dir / f"attention_stage{stage + 1}.png", preset["mean"], preset["std"], stage=stage
+        )
+        for stage in sorted({1, n_stages - 1})
+    ]
+
+
 def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
     from pipeline.runner import StageResult
 
@@ -82,6 +95,8 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         "latency_deployed_ms": torch_latency(deployed, one),
     }
     cost["macs_removed"] = cost["macs_training"] - cost["macs_deployed"]
+    if wrapper.aux is not None:
+        attention_figures(wrapper, images[: min(6, len(images))], spec["preset"], out_dir)
     log.info(
         "pruned %d -> %d parameters; logits max |diff| %.3g on %d test images",
         cost["params_training"], cost["params_deployed"], parity["max_abs_diff"], parity["samples"],

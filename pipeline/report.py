@@ -144,7 +144,7 @@ def write_reports(run_dir: Path, cfg: PipelineConfig, inputs: Mapping[str, Manif
         fig = training_figure(train.path("metrics.jsonl"), run_dir / "figures" / "training.png")
         if fig:
             figures.append(fig.relative_to(run_dir).as_posix())
-        figures += sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "figures").glob("attention*.png"))
+        figures += sorted(p.relative_to(run_dir).as_posix() for p in run_dir.glob("*_prune/attention*.png"))
     report["figures"] = figures
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "report.md", render_markdown(report, figures))

@@ -75,3 +75,11 @@ def test_cli_data_check_prints_counts_and_speeds(capsys):
     assert main(["data", "check", str(REPO / "pipeline.yaml"), "--set", "model.width=0.125"]) == 0
     out = capsys.readouterr().out
     assert "classes" in out and "images/s" in out
+
+
+@pytest.mark.parametrize("preset", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_paper_presets_are_valid(preset, tmp_path):
+    cfg = load_config(preset, [f"data.root={tmp_path}"])
+    assert cfg.train.method == "ama" and cfg.train.epochs == 200
+    fine_grained = cfg.data.name in ("cub200", "mit67", "stanford_dogs")
+    assert cfg.model.stem == ("imagenet" if fine_grained else "cifar")

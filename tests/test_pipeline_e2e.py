@@ -135,3 +135,19 @@ def test_model_class_count_must_match_data(tiny_overrides):
     cfg = load_config(None, tiny_overrides + ["model.num_classes=100"])
     with pytest.raises(DataError, match=r"model.num_classes=100 but data 'digits' has 10 classes"):
         run_pipeline(cfg)
+
+
+def test_ama_run_removes_self_teacher_and_reports_its_cost(tiny_overrides):
+    cfg = load_config(None, tiny_overrides + ["train.epochs=1", "train.method=ama", "train.distill.mix_warmup_epochs=0"])
+    manifests = run_pipeline(cfg)
+    p = manifests["prune"].metrics
+    assert p["parity"]["max_abs_diff"] == 0.0
+    assert p["params_removed"] > 0 and p["params_deployed"] == p["params_bare_backbone"]
+    assert p["params_training"] == p["params_deployed"] + p["params_removed"]
+    assert p["macs_training"] > p["macs_deployed"] > 0
+    t = manifests["train"].metrics
+    assert "test_aux_top1" in t
+    report = (cfg.run_path / "report.md").read_text()
+    figures = sorted((manifests["prune"].folder).glob("attention_stage*.png"))
+    assert len(figures) == 2 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
+    assert "02_prune/attention_stage4.png" in report
