@@ -157,6 +157,10 @@ class ExportConfig(Strict):
     atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
     min_top1_agreement: float = Field(0.999, ge=0.0, le=1.0)
     parity_samples: int = Field(512, ge=1)
+    formats: list[Literal["onnx_fp16", "onnx_int8"]] = Field(
+        ["onnx_int8"], description="ONNX Runtime variants made beside the FP32 model"
+    )
+    calibration_samples: int = Field(256, ge=8, description="train images (eval transform) for INT8")
 
 
 class LatencyConfig(Strict):
@@ -169,7 +173,8 @@ class LatencyConfig(Strict):
 
 class GatesConfig(Strict):
     min_top1: float = Field(0.0, ge=0.0, le=1.0)
-    max_top1_drop: float = Field(0.01, ge=0.0, le=1.0, description="ONNX vs torch, as a fraction")
+    max_top1_drop: float = Field(0.01, ge=0.0, le=1.0, description="FP32/FP16 artefacts vs torch")
+    max_top1_drop_int8: float = Field(0.02, ge=0.0, le=1.0, description="INT8 artefacts vs torch")
 
 
 class ValidateConfig(Strict):

@@ -120,15 +120,19 @@ def render_markdown(r: dict[str, Any], figures: list[str]) -> str:
         f"| deployed classifier | {p['params_deployed']:,} | {p['macs_deployed']:,} | {ld:.3f} |",
         f"| removed branches | {p['params_removed']:,} | {p['macs_removed']:,} | {lt - ld:.3f} |",
     ]
-    onnx = r["export"].get("onnx", {})
-    if onnx:
+    if r["export"]:
         lines += [
             "",
             "## Export",
             "",
-            f"ONNX opset {onnx['opset']}: max |logit diff| vs torch {onnx['parity']['max_abs_diff']:.3g}, "
-            f"top-1 agreement {_pct(onnx['parity']['top1_agreement'])} on {onnx['parity']['samples']} test images.",
+            "Each exported model against the torch classifier on the same test images.",
+            "",
+            "| artefact | max abs logit diff | top-1 agreement | images |",
+            "|---|---|---|---|",
         ]
+        for name, e in r["export"].items():
+            par = e["parity"]
+            lines.append(f"| {name} | {par['max_abs_diff']:.3g} | {_pct(par['top1_agreement'])} | {par['samples']} |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,12 @@ from serving.bench import latency, throughput
 
 log = logging.getLogger("pipeline.validate")
 
+BACKENDS = {
+    "onnx": "onnxruntime CPU fp32",
+    "onnx_fp16": "onnxruntime CPU fp16",
+    "onnx_int8": "onnxruntime CPU int8 (QDQ)",
+}
+
 
 def test_arrays(ctx) -> tuple[np.ndarray, np.ndarray]:
     test = ctx.data.test
@@ -69,7 +75,8 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
         if name == "torch":
             continue
         drop = ref - a["top1"]
-        gates.append({"gate": f"{name}.top1_drop <= max_top1_drop", "value": drop, "limit": g.max_top1_drop, "passed": drop <= g.max_top1_drop})
+        key, limit = ("max_top1_drop_int8", g.max_top1_drop_int8) if "int8" in name else ("max_top1_drop", g.max_top1_drop)
+        gates.append({"gate": f"{name}.top1_drop <= {key}", "value": drop, "limit": limit, "passed": drop <= limit})
     return gates
 
 
@@ -87,10 +94,11 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
     artefacts: dict[str, dict] = {}
     log.info("validating torch (fp32) on %d test images", len(xs))
     artefacts["torch"] = {"backend": "torch eager fp32", "file": str(prune.path("classifier.safetensors")), **score(torch_predictor(model), xs, ys, cfg)}
-    onnx_path = export.path(export.extra["artefacts"]["onnx"])
-    log.info("validating onnxruntime (fp32)")
-    ort = OrtPredictor(onnx_path, threads=threads)
-    artefacts["onnx"] = {"backend": "onnxruntime CPU fp32", "file": str(onnx_path), **score(ort.run, xs, ys, cfg)}
+    for name, rel in export.extra["artefacts"].items():
+        path = export.path(rel)
+        log.info("validating %s (onnxruntime CPU)", name)
+        ort = OrtPredictor(path, threads=threads)
+        artefacts[name] = {"backend": BACKENDS.get(name, name), "file": str(path), **score(ort.run, xs, ys, cfg)}
     for a in artefacts.values():
         a["bytes"] = Path(a["file"]).stat().st_size
     gates = check_gates(cfg, artefacts)

@@ -37,12 +37,15 @@ def test_every_stage_writes_a_complete_manifest(finished):
 def test_report_has_top1_and_latency_per_artefact(finished):
     cfg, _ = finished
     report = json.loads((cfg.run_path / "report.json").read_text())
-    for name in ("torch", "onnx"):
+    for name in ("torch", "onnx", "onnx_int8"):
         art = report["artefacts"][name]
         assert 0.0 <= art["top1"] <= 1.0
         lat = art["latency_ms"]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert "| onnx |" in (cfg.run_path / "report.md").read_text()
+    # int8 weights: about a quarter of the fp32 file
+    assert report["artefacts"]["onnx_int8"]["bytes"] < 0.5 * report["artefacts"]["onnx"]["bytes"]
+    assert {g["gate"] for g in report["gates"]} >= {"onnx_int8.top1_drop <= max_top1_drop_int8"}
 
 
 def test_prune_proves_logits_equal_and_export_parity(finished):
