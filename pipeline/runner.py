@@ -77,11 +77,17 @@ def _selected(only: str | None, from_stage: str | None) -> list[str]:
 
 
 def run_pipeline(
-    cfg: PipelineConfig, *, only: str | None = None, from_stage: str | None = None, force: bool = False
+    cfg: PipelineConfig,
+    *,
+    only: str | None = None,
+    from_stage: str | None = None,
+    force: bool = False,
 ) -> dict[str, Manifest]:
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
     forced = set(STAGES) if force else set(selected if from_stage else [])
+    if _is_secondary_rank():
+        return _train_as_secondary_rank(cfg, selected, forced)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -90,7 +96,13 @@ def run_pipeline(
     manifests: dict[str, Manifest] = {}
     for stage in STAGES:
         inputs = {s: manifests[s] for s in STAGE_INPUTS[stage] if s in manifests}
-        key = stage_key(stage, cfg.stage_config(stage), {s: m.key for s, m in inputs.items()}, data_fp, __version__)
+        key = stage_key(
+            stage,
+            cfg.stage_config(stage),
+            {s: m.key for s, m in inputs.items()},
+            data_fp,
+            __version__,
+        )
         folder = stage_folder(run_dir, stage)
         existing = Manifest.load(folder)
         if stage not in selected:
@@ -102,7 +114,9 @@ def run_pipeline(
                     )
                 continue
             if existing.key != key:
-                log.warning("%s: using earlier output whose settings differ from this config", stage)
+                log.warning(
+                    "%s: using earlier output whose settings differ from this config", stage
+                )
             manifests[stage] = existing
             continue
         if existing and existing.complete and existing.key == key and stage not in forced:
@@ -111,6 +125,35 @@ def run_pipeline(
             continue
         manifests[stage] = _run_stage(stage, key, cfg, inputs, folder, ctx, data_fp)
     return manifests
+
+
+def _is_secondary_rank() -> bool:
+    from pipeline.training.accel import is_secondary_rank
+
+    return is_secondary_rank()
+
+
+def _train_as_secondary_rank(
+    cfg: PipelineConfig, selected: list[str], forced: set[str]
+) -> dict[str, Manifest]:
+    """Under `accelerate launch -m pipeline run`, ranks other than 0 only join the training.
+
+    Rank 0 does everything else (work folder, manifests, later stages); this rank reaches the
+    same skip decision from the same files and, if training runs, joins it in rank 0's work
+    folder, where the training stage waits for rank 0 before reading anything.
+    """
+    if "train" not in selected:
+        return {}
+    ctx = RunContext(cfg=cfg, run_dir=cfg.run_path)
+    key = stage_key("train", cfg.stage_config("train"), {}, ctx.data.fingerprint, __version__)
+    folder = stage_folder(cfg.run_path, "train")
+    existing = Manifest.load(folder)
+    if existing and existing.complete and existing.key == key and "train" not in forced:
+        return {}
+    import_module(STAGE_MODULES["train"]).run(
+        cfg, {}, folder.with_name(folder.name + ".partial"), ctx
+    )
+    return {}
 
 
 def _work_folder(folder: Path, key: str) -> Path:
@@ -150,7 +193,9 @@ def _run_stage(
         result = fn(cfg, inputs, work, ctx)
     except GateFailed as exc:
         gate_error = exc
-        result = exc.result if isinstance(getattr(exc, "result", None), StageResult) else StageResult()
+        result = (
+            exc.result if isinstance(getattr(exc, "result", None), StageResult) else StageResult()
+        )
     manifest = Manifest.load(work) or manifest  # the stage may have recorded progress
     manifest.metrics = result.metrics
     manifest.extra.update(result.extra)
