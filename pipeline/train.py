@@ -160,7 +160,7 @@ def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
 def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
     state = tr.checkpointer.load()
     if state is not None:
-        tr.state = state
+        tr.state, tr.resumed_from = state, (tr.checkpointer.latest() or {}).get("name")
         partial = state.partial if state.batch else {}
         tr.reset_sums(partial if tr.accelerator.is_main_process else dict.fromkeys(partial, 0.0))
         tr.bar.update(state.epoch * tr.bar.total // tr.cfg.epochs + state.batch)
@@ -206,7 +206,6 @@ def _train(tr: Trainer, cfg: PipelineConfig, has_val: bool, metrics_path: Path) 
     with tr.stop:
         try:
             while tr.state.epoch < cfg.train.epochs:
-                train_loader.set_epoch(tr.state.epoch)
                 stats = train_one_epoch(tr, train_loader, tr.state.epoch)
                 history.append(_end_of_epoch(tr, stats, val_loader, has_val, metrics_path))
         except StopRequested:
@@ -238,9 +237,7 @@ def _summary(
         "device": str(tr.accelerator.device),
         "lr": scaled_lr(t),
         "nan_skips": tr.state.nan_skips,
-        "resumed_from": (tr.checkpointer.latest() or {}).get("name")
-        if history and t_start
-        else None,
+        "resumed_from": tr.resumed_from,
     }
     if "aux_top1" in test:
         metrics["test_aux_top1"] = test["aux_top1"]

@@ -100,9 +100,34 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+class SeededSamples(Dataset):
+    """Each sample's augmentation drawn from its own seed (run seed, epoch, index).
+
+    Accelerate's loader fetches one batch ahead, so at a checkpoint the global RNG has already
+    paid for the next batch's augmentation; a resumed run would draw different crops. Seeding
+    per sample makes augmentation independent of where the stream stood, of data workers and
+    of the number of processes. Set `epoch` before each epoch's iteration.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
+            return self.base[i]
+
+
 def loaders(
     bundle, t: TrainConfig, plan: BatchPlan, workers: int | str, on_gpu: bool
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
+    train_set = SeededSamples(bundle.train, t.seed) if t.deterministic else bundle.train
+
     def one(ds: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(
             ds,
@@ -117,4 +142,4 @@ def loaders(
             worker_init_fn=seed_worker,
         )
 
-    return one(bundle.train, True), one(bundle.val, False), one(bundle.test, False)
+    return one(train_set, True), one(bundle.val, False), one(bundle.test, False)

@@ -58,6 +58,7 @@ class Trainer:
     stop: StopFlag
     bar: Any
     loaders: tuple = ()
+    resumed_from: str | None = None
     # Running sums (loss and its parts times images, correct, seen) kept on the device so a
     # step never waits for the GPU; named by `keys`, fixed by the method's first loss.
     keys: tuple[str, ...] = ()
@@ -178,14 +179,24 @@ def _show(tr: Trainer, elapsed: float) -> None:
     )
 
 
+def _set_epoch(loader, epoch: int) -> None:
+    """Shuffle order and per-sample augmentation seeds both follow the epoch, not the history."""
+    loader.set_epoch(epoch)
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "epoch"):
+        dataset.epoch = epoch
+
+
 def train_one_epoch(tr: Trainer, loader, epoch: int) -> dict[str, float]:
     """Train from batch `tr.state.batch` of `epoch` to its end; return the epoch's statistics."""
     acc, every = tr.accelerator, tr.cfg.checkpoint_every_steps
     tr.model.train()
     elapsed0 = float(tr.state.partial.get("elapsed", 0.0)) if tr.state.batch else 0.0
     t0 = time.perf_counter()
+    _set_epoch(loader, epoch)
     if tr.state.batch:
         loader = acc.skip_first_batches(loader, tr.state.batch)
+        _set_epoch(loader, epoch)  # a fresh loader counts epochs from 0
     for images, targets in loader:
         if not _step(tr, images, targets, epoch):
             checkpoint(tr, elapsed0 + time.perf_counter() - t0)
