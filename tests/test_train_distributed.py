@@ -19,17 +19,36 @@ TINY_DDP = [
 ]
 
 
-def _run(tmp_path: Path, name: str, extra: list[str], launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def _run(
+    tmp_path: Path, name: str, extra: list[str], launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("{}\n")
-    sets = sum((["--set", o] for o in [*TINY_DDP, f"run_dir={tmp_path / 'runs'}", f"name={name}", *extra]), [])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
-    cmd = [*(launcher or [sys.executable]), "-m", "pipeline", "run", str(cfg), "--only", "train", *sets]
+    sets = sum(
+        (["--set", o] for o in [*TINY_DDP, f"run_dir={tmp_path / 'runs'}", f"name={name}", *extra]),
+        [],
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "pipeline",
+        "run",
+        str(cfg),
+        "--only",
+        "train",
+        *sets,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _layout(folder: Path) -> list[str]:
-    return sorted(p.relative_to(folder).as_posix() for p in folder.iterdir() if p.name != "checkpoints")
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.iterdir() if p.name != "checkpoints"
+    )
 
 
 def test_two_gloo_processes_train_with_equal_weights_and_same_layout(tmp_path):
@@ -38,7 +57,11 @@ def test_two_gloo_processes_train_with_equal_weights_and_same_layout(tmp_path):
     two = _run(tmp_path, "two", ["train.processes=2"])
     assert two.returncode == 0, two.stderr[-3000:]
     single, multi = tmp_path / "runs" / "one" / "01_train", tmp_path / "runs" / "two" / "01_train"
-    assert _layout(single) == _layout(multi) == ["manifest.json", "metrics.jsonl", "model.json", "model.safetensors"]
+    assert (
+        _layout(single)
+        == _layout(multi)
+        == ["manifest.json", "metrics.jsonl", "model.json", "model.safetensors"]
+    )
     m = json.loads((multi / "manifest.json").read_text())
     assert m["status"] == "complete" and m["metrics"]["processes"] == 2
     hashes = m["metrics"]["weights_sha256_per_rank"]

@@ -42,7 +42,9 @@ def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
         "train.checkpoint_every_steps=2",
     ]
     cfg, m = _train(tiny_overrides, extra)
-    assert m.complete and m.metrics["final_loss"] == pytest.approx(m.metrics["final_loss"])  # finite
+    assert m.complete and m.metrics["final_loss"] == pytest.approx(
+        m.metrics["final_loss"]
+    )  # finite
     # 120 images / micro-batch 8 = 15 batches -> 8 optimizer steps with accumulation 2
     assert m.extra["checkpoint"]["step"] == 8 and m.extra["checkpoint"]["batch"] == 0
 
@@ -60,12 +62,17 @@ def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monk
         return res
 
     monkeypatch.setattr(CrossEntropy, "loss", poisoned)
-    with pytest.raises(StageError, match=r"non-finite loss at epoch 1, batch 5 \(optimizer step 5\)"):
+    with pytest.raises(
+        StageError, match=r"non-finite loss at epoch 1, batch 5 \(optimizer step 5\)"
+    ):
         _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
     cfg = load_config(None, [*tiny_overrides, *SMALL])
     work = cfg.run_path / "01_train.partial"
     named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
-    assert named["step"] == 4 and (work / "checkpoints" / named["name"] / "trainer_state.json").is_file()
+    assert (
+        named["step"] == 4
+        and (work / "checkpoints" / named["name"] / "trainer_state.json").is_file()
+    )
 
 
 def test_nan_skip_counts_and_gives_up_past_the_limit(tiny_overrides, monkeypatch):
@@ -102,25 +109,35 @@ def test_full_disk_gives_stage_error_and_keeps_last_checkpoint(tiny_overrides, m
         return real(self, output_dir, **kw)
 
     monkeypatch.setattr(Accelerator, "save_state", failing)
-    with pytest.raises(StageError, match=r"cannot write checkpoint .*No space left.*last good checkpoint"):
+    with pytest.raises(
+        StageError, match=r"cannot write checkpoint .*No space left.*last good checkpoint"
+    ):
         _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
     cfg = load_config(None, [*tiny_overrides, *SMALL])
     work = cfg.run_path / "01_train.partial"
     named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
     assert named["step"] == 2 and (work / "checkpoints" / named["name"]).is_dir()
-    assert not any(p.name.startswith(".tmp") and (p / "trainer_state.json").exists() for p in (work / "checkpoints").iterdir())
+    assert not any(
+        p.name.startswith(".tmp") and (p / "trainer_state.json").exists()
+        for p in (work / "checkpoints").iterdir()
+    )
 
 
 def test_tensorboard_missing_tells_how_to_install(tiny_overrides, monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
+    )
     with pytest.raises(ConfigError, match="pip install tensorboard"):
         _train(tiny_overrides, ["train.tracker=tensorboard"])
 
 
 @pytest.mark.gpu
 def test_gpu_bf16_channels_last_pinned(tiny_overrides):
-    _, m = _train(tiny_overrides, ["train.device=cuda", "train.mixed_precision=bf16", "train.channels_last=true"])
+    _, m = _train(
+        tiny_overrides,
+        ["train.device=cuda", "train.mixed_precision=bf16", "train.channels_last=true"],
+    )
     assert m.metrics["device"].startswith("cuda")

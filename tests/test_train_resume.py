@@ -56,8 +56,12 @@ def _checkpoint_named(work: Path) -> dict | None:
         return None
 
 
-def _start_and_wait_for_checkpoint(cmd: list[str], work: Path, timeout: float = 120) -> subprocess.Popen:
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start_and_wait_for_checkpoint(
+    cmd: list[str], work: Path, timeout: float = 120
+) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + timeout
     while _checkpoint_named(work) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -96,8 +100,15 @@ def test_sigkill_then_same_command_resumes_to_identical_weights(cfg_file, tmp_pa
     a, b = _weights(runs / "ref" / "01_train"), _weights(done)
     diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
     print(f"kill-and-resume max abs weight difference: {diff:.3e}")
-    assert diff <= 1e-6, {k: float((a[k].double() - b[k].double()).abs().max()) for k in a if not torch.equal(a[k], b[k])}
-    ref_rows = [json.loads(line) for line in (runs / "ref" / "01_train" / "metrics.jsonl").read_text().splitlines()]
+    assert diff <= 1e-6, {
+        k: float((a[k].double() - b[k].double()).abs().max())
+        for k in a
+        if not torch.equal(a[k], b[k])
+    }
+    ref_rows = [
+        json.loads(line)
+        for line in (runs / "ref" / "01_train" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in ref_rows], rel=1e-6)
     kept = sorted(p.name for p in (done / "checkpoints").iterdir() if p.is_dir())
     assert len(kept) == 2 and kept == sorted(manifest["extra"]["checkpoints"])
