@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -97,9 +98,11 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
+    from pipeline.training.accel import is_secondary_rank
 
     cfg = load_config(args.config, args.overrides)
-    _setup_logging(args.verbose, cfg.run_path / "pipeline.log")
+    # Under a launcher every rank runs this; only rank 0 owns the run folder's log.
+    _setup_logging(args.verbose, None if is_secondary_rank() else cfg.run_path / "pipeline.log")
     manifests = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, force=args.force)
     report = cfg.run_path / "report.md"
     if "validate" in manifests:
@@ -120,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        log.error("interrupted; finished stages are kept, re-run the same command to continue")
+        again = shlex.join([Path(sys.executable).name, "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)])
+        log.error(
+            "interrupted; finished stages and the last training checkpoint are kept. Resume with the same command: %s",
+            again,
+        )
         return 130
 
 

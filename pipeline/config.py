@@ -131,6 +131,20 @@ class TrainConfig(Strict):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    processes: int = Field(
+        1, ge=1, description="training processes started by `python -m pipeline run` (DDP; gloo on CPU)"
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = off")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="deterministic kernels and seeded data workers")
+    checkpoint_every_epochs: int | None = Field(1, ge=1, description="None = no epoch checkpoints")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="optimizer steps; None = off")
+    keep_checkpoints: int = Field(2, ge=1)
+    on_nan: Literal["stop", "skip"] = "stop"
+    max_nan_skips: int = Field(10, ge=0, description="with on_nan=skip: stop after more skipped steps")
+    tracker: Literal["none", "tensorboard"] = "none"
     distill: DistillConfig = DistillConfig()
 
     @field_validator("milestones")
@@ -144,6 +158,17 @@ class TrainConfig(Strict):
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainConfig:
+        parts = self.processes * self.grad_accum_steps
+        if self.batch_size % parts:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is the global batch and must divide evenly by "
+                f"processes x grad_accum_steps ({self.processes} x {self.grad_accum_steps}); "
+                f"use a multiple of {parts}"
+            )
         return self
 
 

@@ -82,6 +82,8 @@ def run_pipeline(
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
     forced = set(STAGES) if force else set(selected if from_stage else [])
+    if _is_secondary_rank():
+        return _train_as_secondary_rank(cfg, selected, forced)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
@@ -123,6 +125,31 @@ def _check_model_fits_data(cfg: PipelineConfig, data) -> None:
             f"({', '.join(data.classes[:5])}{', ...' if data.num_classes > 5 else ''}); "
             "fix model.num_classes or point data.root at the intended data set"
         )
+
+
+def _is_secondary_rank() -> bool:
+    from pipeline.training.accel import is_secondary_rank
+
+    return is_secondary_rank()
+
+
+def _train_as_secondary_rank(cfg: PipelineConfig, selected: list[str], forced: set[str]) -> dict[str, Manifest]:
+    """Under `accelerate launch -m pipeline run`, ranks other than 0 only join the training.
+
+    Rank 0 does everything else (work folder, manifests, later stages); this rank reaches the
+    same skip decision from the same files and, if training runs, joins it in rank 0's work
+    folder, where the training stage waits for rank 0 before reading anything.
+    """
+    if "train" not in selected:
+        return {}
+    ctx = RunContext(cfg=cfg, run_dir=cfg.run_path)
+    key = stage_key("train", cfg.stage_config("train"), {}, ctx.data.fingerprint, __version__)
+    folder = stage_folder(cfg.run_path, "train")
+    existing = Manifest.load(folder)
+    if existing and existing.complete and existing.key == key and "train" not in forced:
+        return {}
+    import_module(STAGE_MODULES["train"]).run(cfg, {}, folder.with_name(folder.name + ".partial"), ctx)
+    return {}
 
 
 def _work_folder(folder: Path, key: str) -> Path:

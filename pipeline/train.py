@@ -1,11 +1,14 @@
 """The training stage, through Hugging Face Accelerate: one code path for 1 CPU, N processes or N GPUs.
 
 Writes `model.safetensors` + `model.json` (the training wrapper, auxiliary branches included)
-and `metrics.jsonl` (one line per epoch) into the stage folder.
+and `metrics.jsonl` (one line per epoch) into the stage folder, and checkpoints under
+`checkpoints/` that the work folder's manifest names, so a killed run resumes where it stopped.
+With `train.processes > 1` and no launcher around us, the body runs under torch's launcher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -17,13 +20,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.artifacts import Manifest
+from pipeline.artifacts import Manifest, write_text_atomic
 from pipeline.config import PipelineConfig, TrainConfig
-from pipeline.data import DataBundle, make_loader
+from pipeline.data import DataBundle
 from pipeline.distill import Method, create_method
 from pipeline.errors import StageError
 from pipeline.models import SelfDistillModel, count_parameters, create_model
 from pipeline.models.io import save_model
+from pipeline.training import accel
+from pipeline.training.checkpoint import Checkpointer, TrainerState
+from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
 
 log = logging.getLogger("pipeline.train")
 
@@ -49,7 +55,10 @@ def build_model(cfg: PipelineConfig, bundle: DataBundle) -> tuple[SelfDistillMod
         cfg.train.method, cfg.train.distill, num_classes=bundle.num_classes, epochs=cfg.train.epochs
     )
     backbone = create_model(
-        cfg.model.name, num_classes=bundle.num_classes, stem=resolve_stem(cfg, bundle), width=cfg.model.width
+        cfg.model.name,
+        num_classes=bundle.num_classes,
+        stem=resolve_stem(cfg, bundle),
+        width=cfg.model.width,
     )
     return SelfDistillModel(backbone, method.build_aux(backbone)), method
 
@@ -87,116 +96,129 @@ def make_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def train_one_epoch(model, method, loader, optimizer, scheduler, accelerator, epoch: int, bar) -> dict:
-    model.train()
-    sums: dict[str, float] = {}
-    correct = seen = 0
-    t0 = time.perf_counter()
-    for images, targets in loader:
-        with accelerator.autocast():
-            out = model(images)
-            loss = method.loss(out, targets, epoch)
-        if not torch.isfinite(loss.total):
-            raise StageError(
-                f"non-finite loss at epoch {epoch + 1}: {float(loss.total)}; lower train.lr or "
-                "turn off mixed precision"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss.total)
-        optimizer.step()
-        scheduler.step()
-        n = targets.size(0)
-        seen += n
-        correct += int((out.logits.argmax(1) == targets).sum())
-        for k, v in {"loss": loss.total.detach(), **loss.parts}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * n
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.total.detach()):.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-    elapsed = time.perf_counter() - t0
-    stats = {k: v / max(seen, 1) for k, v in sums.items()}
-    stats.update(train_top1=correct / max(seen, 1), images_per_s=seen / max(elapsed, 1e-9), epoch_s=elapsed)
-    return stats
+def optimizer_steps_per_epoch(batches_per_epoch: int, accum: int) -> int:
+    return max(1, math.ceil(batches_per_epoch / accum))
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator) -> dict[str, float]:
-    """Top-1 of the classifier (and of the self-teacher, when there is one)."""
-    model.eval()
-    correct = aux_correct = seen = 0
-    for images, targets in loader:
-        out = model(images)
-        logits, targets_all = accelerator.gather_for_metrics((out.logits, targets))
-        correct += int((logits.argmax(1) == targets_all).sum())
-        seen += targets_all.numel()
-        if out.aux_logits is not None:
-            aux = accelerator.gather_for_metrics(out.aux_logits)
-            aux_correct += int((aux.argmax(1) == targets_all).sum())
-    res = {"top1": correct / max(seen, 1)}
-    if aux_correct:
-        res["aux_top1"] = aux_correct / max(seen, 1)
-    return res
+def weights_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
-def _accelerator(t: TrainConfig):
-    from accelerate import Accelerator
+def _write_outputs_guarded(path: Path, write) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise StageError(
+            f"cannot write {path}: {exc.strerror or exc}. Free space or fix permissions on {path.parent}; "
+            "the last good checkpoint is kept and re-running the same command resumes from it"
+        ) from exc
 
-    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
-    if t.device == "cuda" and not torch.cuda.is_available():
-        raise StageError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return Accelerator(cpu=cpu, mixed_precision=t.mixed_precision)
+
+def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
+    """metrics.jsonl cut back to the epochs the checkpoint holds, so resume never duplicates one."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= completed_epochs]
 
 
-def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
+def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from pipeline.runner import StageResult
-
     t = cfg.train
-    accelerator = _accelerator(t)
+    acc = accel.make_accelerator(t, work)
+    acc.wait_for_everyone()  # rank 0 has prepared the work folder before anyone reads it
     set_seed(t.seed)
     bundle: DataBundle = ctx.data
+    plan = accel.batch_plan(t, acc.num_processes)
     model, method = build_model(cfg, bundle)
-    per_proc = max(1, t.batch_size // accelerator.num_processes)
-    train_loader = make_loader(bundle.train, per_proc, shuffle=True, workers=cfg.data.num_workers, seed=t.seed)
-    val_loader = make_loader(bundle.val, per_proc, shuffle=False, workers=cfg.data.num_workers)
-    test_loader = make_loader(bundle.test, per_proc, shuffle=False, workers=cfg.data.num_workers)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loaders = accel.loaders(bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda")
     optimizer = make_optimizer(model, t)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, len(train_loader)))
-    model, optimizer, train_loader, val_loader, test_loader, scheduler = accelerator.prepare(
-        model, optimizer, train_loader, val_loader, test_loader, scheduler
-    )
-    metrics_path = out_dir / "metrics.jsonl"
-    if accelerator.is_main_process:
-        metrics_path.write_text("")
-    history: list[dict] = []
+    steps = optimizer_steps_per_epoch(len(loaders[0]), t.grad_accum_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, steps))
+    if t.compile:
+        model = torch.compile(model)
+    model, optimizer, *loaders, scheduler = acc.prepare(model, optimizer, *loaders, scheduler)
     bar = tqdm(
-        total=t.epochs * len(train_loader),
-        desc=f"train {t.method}",
-        disable=not accelerator.is_main_process,
-        mininterval=1.0,
-        unit="step",
-    )
-    t_start = time.perf_counter()
-    for epoch in range(t.epochs):
-        stats = train_one_epoch(model, method, train_loader, optimizer, scheduler, accelerator, epoch, bar)
-        val = evaluate(model, val_loader, accelerator) if len(bundle.val) else {}
-        row = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], **stats, **{f"val_{k}": v for k, v in val.items()}}
-        history.append(row)
-        if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            log.info(
-                "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s",
-                epoch + 1, t.epochs, row["loss"], row["train_top1"],
-                f"{val.get('top1', float('nan')):.3f}", row["images_per_s"],
-            )
-    bar.close()
-    test = evaluate(model, test_loader, accelerator)
-    unwrapped: SelfDistillModel = accelerator.unwrap_model(model)
-    if accelerator.is_main_process:
-        save_model(unwrapped, model_spec(cfg, bundle), out_dir, "model")
-    accelerator.wait_for_everyone()
+        total=t.epochs * len(loaders[0]), desc=f"train {t.method}", disable=not acc.is_main_process,
+        mininterval=1.0, unit="step",
+    )  # fmt: skip
+    return Trainer(
+        model=model, method=method, optimizer=optimizer, scheduler=scheduler, accelerator=acc, cfg=t,
+        checkpointer=Checkpointer(acc, work, t.keep_checkpoints), state=TrainerState(), stop=StopFlag(), bar=bar,
+        loaders=tuple(loaders),
+    )  # fmt: skip
+
+
+def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
+    state = tr.checkpointer.load()
+    if state is not None:
+        tr.state, tr.resumed_from = state, (tr.checkpointer.latest() or {}).get("name")
+        partial = state.partial if state.batch else {}
+        tr.reset_sums(partial if tr.accelerator.is_main_process else dict.fromkeys(partial, 0.0))
+        tr.bar.update(state.epoch * tr.bar.total // tr.cfg.epochs + state.batch)
+    history = _metrics_rows(metrics_path, tr.state.epoch)
+    if tr.accelerator.is_main_process:
+        text = "".join(json.dumps(r) + "\n" for r in history)
+        _write_outputs_guarded(metrics_path, lambda: write_text_atomic(metrics_path, text))
+    return history
+
+
+def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_path: Path) -> dict:
+    acc, t = tr.accelerator, tr.cfg
+    val = evaluate(tr.model, val_loader, acc, t.channels_last) if has_val else {}
+    epoch = tr.state.epoch + 1
+    row = {
+        "epoch": epoch,
+        "lr": tr.scheduler.get_last_lr()[0],
+        **stats,
+        **{f"val_{k}": v for k, v in val.items()},
+    }
+    if acc.is_main_process:
+        _write_outputs_guarded(metrics_path, lambda: _append_line(metrics_path, json.dumps(row)))
+        log.info(
+            "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s", epoch, t.epochs, row["loss"],
+            row["train_top1"], f"{val.get('top1', float('nan')):.3f}", row["images_per_s"],
+        )  # fmt: skip
+    acc.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
+    tr.state.epoch, tr.state.batch, tr.state.partial = epoch, 0, {}
+    tr.reset_sums()
+    if t.checkpoint_every_epochs and epoch % t.checkpoint_every_epochs == 0:
+        tr.checkpointer.save(tr.state)
+    return row
+
+
+def _append_line(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+
+
+def _train(tr: Trainer, cfg: PipelineConfig, has_val: bool, metrics_path: Path) -> list[dict]:
+    train_loader, val_loader = tr.loaders[:2]
+    history = _resume(tr, metrics_path)
+    with tr.stop:
+        try:
+            while tr.state.epoch < cfg.train.epochs:
+                stats = train_one_epoch(tr, train_loader, tr.state.epoch)
+                history.append(_end_of_epoch(tr, stats, val_loader, has_val, metrics_path))
+        except StopRequested:
+            log.warning("stopped by a signal; checkpoint saved in %s", tr.checkpointer.root)
+            raise
+    tr.bar.close()
+    return history
+
+
+def _summary(
+    tr: Trainer, cfg: PipelineConfig, history: list[dict], test: dict, t_start: float
+) -> dict:
+    t, unwrapped = cfg.train, tr.accelerator.unwrap_model(tr.model)
     last = history[-1]
     metrics = {
         "method": t.method,
@@ -211,10 +233,65 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         "params_total": count_parameters(unwrapped),
         "params_classifier": count_parameters(unwrapped.backbone),
         "params_aux": count_parameters(unwrapped.aux),
-        "processes": accelerator.num_processes,
-        "device": str(accelerator.device),
+        "processes": tr.accelerator.num_processes,
+        "device": str(tr.accelerator.device),
         "lr": scaled_lr(t),
+        "nan_skips": tr.state.nan_skips,
+        "resumed_from": tr.resumed_from,
     }
     if "aux_top1" in test:
         metrics["test_aux_top1"] = test["aux_top1"]
-    return StageResult(metrics=metrics)
+    return metrics
+
+
+def _rank_hashes(tr: Trainer) -> list[str]:
+    """Every rank's weight hash: DDP keeps replicas equal, and this proves it for the run."""
+    from accelerate.utils import gather_object
+
+    mine = weights_sha256(tr.accelerator.unwrap_model(tr.model))
+    hashes = gather_object([mine]) if tr.accelerator.num_processes > 1 else [mine]
+    if len(set(hashes)) != 1:
+        raise StageError(
+            f"training ranks ended with different weights ({hashes}); the replicas diverged"
+        )
+    return hashes
+
+
+def _finish(
+    tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: Path, metrics: dict
+) -> None:
+    """Rank 0 writes the model and records the result in the work folder's manifest."""
+    if not tr.accelerator.is_main_process:
+        return
+    unwrapped = tr.accelerator.unwrap_model(tr.model)
+    _write_outputs_guarded(
+        work / "model.safetensors",
+        lambda: save_model(unwrapped, model_spec(cfg, bundle), work, "model"),
+    )
+    m = Manifest.load(work)
+    if m is not None:  # the parent of a launched run reads the result from here
+        m.metrics = metrics
+        _write_outputs_guarded(work / "manifest.json", lambda: m.write(work))
+
+
+def _run_here(cfg: PipelineConfig, work: Path, ctx) -> dict:
+    t_start = time.perf_counter()
+    tr = _build(cfg, ctx, work)
+    bundle: DataBundle = ctx.data
+    history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")
+    test = evaluate(tr.model, tr.loaders[2], tr.accelerator, cfg.train.channels_last)
+    metrics = _summary(tr, cfg, history, test, t_start)
+    metrics["weights_sha256_per_rank"] = _rank_hashes(tr)
+    _finish(tr, cfg, bundle, work, metrics)
+    tr.accelerator.wait_for_everyone()
+    tr.accelerator.end_training()
+    return metrics
+
+
+def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
+    from pipeline.runner import StageResult
+    from pipeline.training.launch import run_launched
+
+    if cfg.train.processes > 1 and accel.world_size() == 1:
+        return StageResult(metrics=run_launched(cfg, out_dir))
+    return StageResult(metrics=_run_here(cfg, out_dir, ctx))

@@ -197,8 +197,17 @@ def resolve_workers(setting: int | str, dataset: Dataset) -> int:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, workers: int | str = "auto", seed: int = 0
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    workers: int | str = "auto",
+    seed: int = 0,
+    pin_memory: bool = False,
+    persistent_workers: bool | None = None,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
+    """`persistent_workers=None` keeps workers alive whenever there are any."""
     n = resolve_workers(workers, dataset)
     g = torch.Generator()
     g.manual_seed(seed)
@@ -208,6 +217,8 @@ def make_loader(
         shuffle=shuffle,
         num_workers=n,
         generator=g,
-        persistent_workers=n > 0,
+        persistent_workers=n > 0 if persistent_workers is None else (n > 0 and persistent_workers),
+        pin_memory=pin_memory,
+        worker_init_fn=worker_init_fn if n > 0 else None,
         drop_last=False,
     )

@@ -1,0 +1,145 @@
+"""Accelerator, loaders and batch arithmetic: the same code for 1 CPU, N CPU processes or N GPUs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.config import TrainConfig
+from pipeline.data import make_loader
+from pipeline.errors import ConfigError, StageError
+
+
+def world_size() -> int:
+    """Processes of the launcher that started us (torchrun / accelerate launch), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_secondary_rank() -> bool:
+    """True on every launched process but the global rank 0: they train, nothing else."""
+    return int(os.environ.get("RANK", "0")) != 0
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    global_batch: int
+    processes: int
+    accum: int
+
+    @property
+    def per_process(self) -> int:
+        return self.global_batch // (self.processes * self.accum)
+
+
+def batch_plan(t: TrainConfig, processes: int) -> BatchPlan:
+    parts = processes * t.grad_accum_steps
+    if t.batch_size % parts:
+        raise ConfigError(
+            f"train.batch_size ({t.batch_size}) is the global batch; with {processes} processes x "
+            f"{t.grad_accum_steps} accumulation steps it must be a multiple of {parts}"
+        )
+    return BatchPlan(t.batch_size, processes, t.grad_accum_steps)
+
+
+def _check_tracker(tracker: str) -> None:
+    if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "train.tracker is 'tensorboard' but the tensorboard package is not installed; "
+            "run `pip install tensorboard` or set train.tracker=none"
+        )
+
+
+def set_determinism(on: bool) -> None:
+    if not on:
+        return
+    # cuBLAS needs a fixed workspace for deterministic GEMMs; it must be set before CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def make_accelerator(t: TrainConfig, work: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+
+    if t.device == "cuda" and not torch.cuda.is_available():
+        raise StageError(
+            "train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
+    _check_tracker(t.tracker)
+    set_determinism(t.deterministic)
+    cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    # The seedable sampler reshuffles from (seed, epoch) alone, so a resumed epoch sees the
+    # same order as an uninterrupted one, and every rank agrees on it.
+    loaders = DataLoaderConfiguration(
+        use_seedable_sampler=True, data_seed=t.seed, non_blocking=not cpu
+    )
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.grad_accum_steps,
+        dataloader_config=loaders,
+        log_with="tensorboard" if t.tracker == "tensorboard" else None,
+        project_config=ProjectConfiguration(
+            project_dir=str(work), logging_dir=str(work / "tensorboard")
+        ),
+    )
+
+
+def seed_worker(worker_id: int) -> None:
+    """Data workers get torch seeds from the loader; numpy and random need the same."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class SeededSamples(Dataset):
+    """Each sample's augmentation drawn from its own seed (run seed, epoch, index).
+
+    Accelerate's loader fetches one batch ahead, so at a checkpoint the global RNG has already
+    paid for the next batch's augmentation; a resumed run would draw different crops. Seeding
+    per sample makes augmentation independent of where the stream stood, of data workers and
+    of the number of processes. Set `epoch` before each epoch's iteration.
+    """
+
+    def __init__(self, base: Dataset, seed: int) -> None:
+        self.base = base
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i) % 2**63)
+            return self.base[i]
+
+
+def loaders(
+    bundle, t: TrainConfig, plan: BatchPlan, workers: int | str, on_gpu: bool
+) -> tuple[DataLoader, DataLoader, DataLoader]:
+    train_set = SeededSamples(bundle.train, t.seed) if t.deterministic else bundle.train
+
+    def one(ds: Dataset, shuffle: bool) -> DataLoader:
+        return make_loader(
+            ds,
+            plan.per_process,
+            shuffle=shuffle,
+            workers=workers,
+            seed=t.seed,
+            pin_memory=on_gpu,
+            # Persistent workers pay off on GPU; in deterministic mode fresh workers each epoch
+            # are seeded from the loader's generator, which a resume restores.
+            persistent_workers=on_gpu and not t.deterministic,
+            worker_init_fn=seed_worker,
+        )
+
+    return one(train_set, True), one(bundle.val, False), one(bundle.test, False)

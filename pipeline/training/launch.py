@@ -1,0 +1,67 @@
+"""Multi-process training started from a single `python -m pipeline run`, through torch's launcher.
+
+The parent hands the resolved config and the stage's work folder to
+`python -m torch.distributed.run --nproc_per_node N -m pipeline.training.worker`; the launcher
+owns the processes (rendezvous, gloo on CPU / NCCL on GPU, signals), rank 0 writes the artefacts
+and the manifest into the work folder, and the parent reads the result back from the manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.artifacts import Manifest, write_text_atomic
+from pipeline.config import PipelineConfig, dump_config
+from pipeline.errors import StageError
+
+log = logging.getLogger("pipeline.train")
+
+LAUNCH_CONFIG = "checkpoints/launch.yaml"
+
+
+def launch_command(processes: int, work: Path, config: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--standalone", f"--nproc_per_node={processes}",
+        "-m", "pipeline.training.worker", "--config", str(config), "--work", str(work),
+    ]  # fmt: skip
+
+
+def _child_env() -> dict[str, str]:
+    """The children import this package the way the parent did, wherever it was started."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_launched(cfg: PipelineConfig, work: Path) -> dict:
+    """Train with `cfg.train.processes` processes; return the metrics rank 0 recorded."""
+    config = work / LAUNCH_CONFIG
+    config.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(config, dump_config(cfg))
+    cmd = launch_command(cfg.train.processes, work, config)
+    log.info("launching %d training processes: %s", cfg.train.processes, " ".join(cmd))
+    proc = subprocess.Popen(cmd, env=_child_env())
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        # The workers got the same Ctrl-C; let them finish their checkpoint before we leave.
+        proc.wait()
+        raise
+    if code != 0:
+        raise StageError(
+            f"multi-process training ({cfg.train.processes} processes) exited with code {code}; see the "
+            f"log above for the failing rank. Re-running the same command resumes from the last "
+            f"checkpoint in {work / 'checkpoints'}"
+        )
+    m = Manifest.load(work)
+    if m is None or not m.metrics:
+        raise StageError(
+            f"the training processes finished but left no metrics in {work / 'manifest.json'}"
+        )
+    return m.metrics

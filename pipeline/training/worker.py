@@ -1,0 +1,44 @@
+"""Entry point of each launched training process: `python -m pipeline.training.worker`.
+
+Started by `torch.distributed.run` (see launch.py); runs the training stage body only, in the
+work folder the parent runner prepared, and exits with the CLI's codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline.train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline import train
+    from pipeline.config import load_config
+    from pipeline.runner import RunContext
+
+    p = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    try:
+        cfg = load_config(args.config)
+        train.run(cfg, {}, args.work, RunContext(cfg=cfg, run_dir=cfg.run_path))
+    except PipelineError as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Two gloo processes on CPU: DDP trains, ranks agree, and the stage folder looks like 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.test_train_resume import REPO
+
+TINY_DDP = [
+    "data.name=digits",
+    "data.max_per_class=20",
+    "model.width=0.125",
+    "train.epochs=2",
+    "train.batch_size=32",
+]
+
+
+def _run(
+    tmp_path: Path, name: str, extra: list[str], launcher: list[str] | None = None
+) -> subprocess.CompletedProcess:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("{}\n")
+    sets = sum(
+        (["--set", o] for o in [*TINY_DDP, f"run_dir={tmp_path / 'runs'}", f"name={name}", *extra]),
+        [],
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+    }
+    cmd = [
+        *(launcher or [sys.executable]),
+        "-m",
+        "pipeline",
+        "run",
+        str(cfg),
+        "--only",
+        "train",
+        *sets,
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _layout(folder: Path) -> list[str]:
+    return sorted(
+        p.relative_to(folder).as_posix() for p in folder.iterdir() if p.name != "checkpoints"
+    )
+
+
+def test_two_gloo_processes_train_with_equal_weights_and_same_layout(tmp_path):
+    one = _run(tmp_path, "one", [])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _run(tmp_path, "two", ["train.processes=2"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    single, multi = tmp_path / "runs" / "one" / "01_train", tmp_path / "runs" / "two" / "01_train"
+    assert (
+        _layout(single)
+        == _layout(multi)
+        == ["manifest.json", "metrics.jsonl", "model.json", "model.safetensors"]
+    )
+    m = json.loads((multi / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["metrics"]["processes"] == 2
+    hashes = m["metrics"]["weights_sha256_per_rank"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    assert m["metrics"]["lr"] == json.loads((single / "manifest.json").read_text())["metrics"]["lr"]
+    rows = [json.loads(line) for line in (multi / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(r["loss"] > 0 for r in rows)
+
+
+def test_whole_pipeline_under_torchrun_rank0_owns_the_run(tmp_path):
+    """`torchrun -m pipeline run`: rank 1 joins training only; rank 0 writes and runs the rest."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = _run(tmp_path, "launched", [], launcher)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = tmp_path / "runs" / "launched" / "01_train"
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["metrics"]["processes"] == 2 and len(set(m["metrics"]["weights_sha256_per_rank"])) == 1
+    assert not (tmp_path / "runs" / "launched" / "01_train.partial").exists()
+    assert res.stderr.count("train: running") == 1  # only rank 0 reports stages
+
+
+def test_batch_must_split_over_processes():
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    try:
+        load_config(None, ["train.batch_size=33", "train.processes=2"])
+    except ConfigError as exc:
+        assert "multiple of 2" in str(exc)
+    else:
+        raise AssertionError("a global batch of 33 over 2 processes was accepted")

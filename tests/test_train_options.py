@@ -1,0 +1,143 @@
+"""Training options and faults in-process: precision, accumulation, clipping, NaN policy, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, StageError
+from pipeline.runner import run_pipeline
+
+SMALL = ["data.max_per_class=12", "train.epochs=1", "train.batch_size=16"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each test builds its own Accelerator."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    torch.use_deterministic_algorithms(False)
+
+
+def _train(tiny_overrides, extra: list[str]):
+    cfg = load_config(None, [*tiny_overrides, *SMALL, *extra])
+    return cfg, run_pipeline(cfg, only="train")["train"]
+
+
+def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
+    extra = [
+        "train.mixed_precision=bf16",
+        "train.grad_accum_steps=2",
+        "train.grad_clip=1.0",
+        "train.channels_last=true",
+        "train.checkpoint_every_steps=2",
+    ]
+    cfg, m = _train(tiny_overrides, extra)
+    assert m.complete and m.metrics["final_loss"] == pytest.approx(
+        m.metrics["final_loss"]
+    )  # finite
+    # 120 images / micro-batch 8 = 15 batches -> 8 optimizer steps with accumulation 2
+    assert m.extra["checkpoint"]["step"] == 8 and m.extra["checkpoint"]["batch"] == 0
+
+
+def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monkeypatch):
+    from pipeline.distill.methods import CrossEntropy
+
+    real, calls = CrossEntropy.loss, {"n": 0}
+
+    def poisoned(self, out, targets, epoch):
+        calls["n"] += 1
+        res = real(self, out, targets, epoch)
+        if calls["n"] == 5:
+            res.total = res.total * float("nan")
+        return res
+
+    monkeypatch.setattr(CrossEntropy, "loss", poisoned)
+    with pytest.raises(
+        StageError, match=r"non-finite loss at epoch 1, batch 5 \(optimizer step 5\)"
+    ):
+        _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
+    cfg = load_config(None, [*tiny_overrides, *SMALL])
+    work = cfg.run_path / "01_train.partial"
+    named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+    assert (
+        named["step"] == 4
+        and (work / "checkpoints" / named["name"] / "trainer_state.json").is_file()
+    )
+
+
+def test_nan_skip_counts_and_gives_up_past_the_limit(tiny_overrides, monkeypatch):
+    from pipeline.distill.methods import CrossEntropy
+
+    real = CrossEntropy.loss
+    bad = {3, 6}
+
+    def poisoned(self, out, targets, epoch):
+        poisoned.n += 1
+        res = real(self, out, targets, epoch)
+        if poisoned.n in bad:
+            res.total = res.total * float("inf")
+        return res
+
+    poisoned.n = 0
+    monkeypatch.setattr(CrossEntropy, "loss", poisoned)
+    _, m = _train(tiny_overrides, ["train.on_nan=skip", "train.max_nan_skips=2"])
+    assert m.metrics["nan_skips"] == 2
+    poisoned.n, bad = 0, {1, 2, 3}
+    with pytest.raises(StageError, match="more than train.max_nan_skips=2"):
+        _train(tiny_overrides, ["train.on_nan=skip", "train.max_nan_skips=2", "train.seed=1"])
+
+
+def test_full_disk_gives_stage_error_and_keeps_last_checkpoint(tiny_overrides, monkeypatch):
+    from accelerate import Accelerator
+
+    real, saves = Accelerator.save_state, {"n": 0}
+
+    def failing(self, output_dir=None, **kw):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir, **kw)
+
+    monkeypatch.setattr(Accelerator, "save_state", failing)
+    with pytest.raises(
+        StageError, match=r"cannot write checkpoint .*No space left.*last good checkpoint"
+    ):
+        _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
+    cfg = load_config(None, [*tiny_overrides, *SMALL])
+    work = cfg.run_path / "01_train.partial"
+    named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+    assert named["step"] == 2 and (work / "checkpoints" / named["name"]).is_dir()
+    assert not any(
+        p.name.startswith(".tmp") and (p / "trainer_state.json").exists()
+        for p in (work / "checkpoints").iterdir()
+    )
+
+
+def test_tensorboard_missing_tells_how_to_install(tiny_overrides, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
+    )
+    with pytest.raises(ConfigError, match="pip install tensorboard"):
+        _train(tiny_overrides, ["train.tracker=tensorboard"])
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_channels_last_pinned(tiny_overrides):
+    _, m = _train(
+        tiny_overrides,
+        ["train.device=cuda", "train.mixed_precision=bf16", "train.channels_last=true"],
+    )
+    assert m.metrics["device"].startswith("cuda")
