@@ -129,8 +129,15 @@ def test_cache_choice(fake_imagefolder, fake_cub200) -> None:
 
 
 def test_missing_root(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data: root .*nowhere' does not exist"):
+        load_config(None, ["data.name=cub200", f"data.root={tmp_path / 'nowhere'}"])
+    # A folder that disappears after the config was checked is still a clear data error.
+    unchecked = DataConfig.model_construct(**{**DataConfig().model_dump(), "name": "cub200", "root": tmp_path / "nowhere"})
     with pytest.raises(DataError, match=r"data.root .*nowhere does not exist"):
-        build_data(cfg("cub200", tmp_path / "nowhere"))
+        build_data(unchecked)
 
 
 def test_wrong_layout_names_expected_file(tmp_path: Path) -> None:
