@@ -44,7 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE[,KEY=VALUE]",
         help="extra `ama` variants, each a comma-separated set of overrides",
     )
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="override for every run")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="override for every run"
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "methods")
     return p.parse_args(argv)
 
@@ -76,7 +78,10 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 def train_one(overrides: list[str], name: str) -> dict:
     cfg = load_config(None, [*overrides, f"name={name}"])
     m = run_pipeline(cfg, only="train")["train"].metrics
-    return {k: m.get(k) for k in ("test_top1", "test_aux_top1", "val_top1", "train_top1", "epoch_s", "images_per_s")}
+    return {
+        k: m.get(k)
+        for k in ("test_top1", "test_aux_top1", "val_top1", "train_top1", "epoch_s", "images_per_s")
+    }
 
 
 def summarise(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
@@ -86,7 +91,11 @@ def summarise(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[dic
     for tag, per_seed in results.items():
         accs = [per_seed[s]["test_top1"] for s in seeds if s in per_seed]
         epoch = statistics.mean(per_seed[s]["epoch_s"] for s in seeds if s in per_seed)
-        gains = [per_seed[s]["test_top1"] - ce[s]["test_top1"] for s in seeds if s in per_seed and s in ce]
+        gains = [
+            per_seed[s]["test_top1"] - ce[s]["test_top1"]
+            for s in seeds
+            if s in per_seed and s in ce
+        ]
         rows.append(
             {
                 "variant": tag,
@@ -126,7 +135,9 @@ def markdown(rows: list[dict], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     base = base_overrides(args)
     results: dict[str, dict[int, dict]] = {}
@@ -135,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for tag, sets in variants(args).items():
             safe = tag.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-")
-            results.setdefault(tag, {})[seed] = train_one([*base, *sets, f"train.seed={seed}"], f"{safe}-s{seed}")
+            results.setdefault(tag, {})[seed] = train_one(
+                [*base, *sets, f"train.seed={seed}"], f"{safe}-s{seed}"
+            )
     rows = summarise(results, args.seeds)
     header = (
         f"# Method benchmark: {args.model} width {args.width}, data {args.data}, {args.epochs} epochs, "
@@ -145,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(rows, header)
     (args.out / "table.md").write_text(md)
     (args.out / "table.json").write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "runs": results}, indent=2)
+        json.dumps(
+            {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "runs": results},
+            indent=2,
+        )
     )
     print(md)
     return 0

@@ -75,7 +75,9 @@ def onnx_metadata(spec: dict[str, Any], source_key: str) -> dict[str, Any]:
     }
 
 
-def ort_parity(onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128) -> dict:
+def ort_parity(
+    onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128
+) -> dict:
     from serving.predictor import OrtPredictor
 
     pred = OrtPredictor(onnx_path)
@@ -87,7 +89,11 @@ def ort_parity(onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, ch
             got = pred.run(x.numpy())
             diffs.append(float(np.abs(ref - got).max()))
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
-    return {"max_abs_diff": max(diffs), "top1_agreement": agree / len(images), "samples": len(images)}
+    return {
+        "max_abs_diff": max(diffs),
+        "top1_agreement": agree / len(images),
+        "samples": len(images),
+    }
 
 
 def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
@@ -103,7 +109,11 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
     add_metadata(path, onnx_metadata(spec, prune.key))
     parity = ort_parity(path, model, images)
     e = cfg.export
-    log.info("onnx parity: max |diff| %.3g, top-1 agreement %.4f", parity["max_abs_diff"], parity["top1_agreement"])
+    log.info(
+        "onnx parity: max |diff| %.3g, top-1 agreement %.4f",
+        parity["max_abs_diff"],
+        parity["top1_agreement"],
+    )
     if parity["max_abs_diff"] > e.atol or parity["top1_agreement"] < e.min_top1_agreement:
         raise ExportParityError(
             f"ONNX Runtime logits differ from torch: max |diff| {parity['max_abs_diff']:.3g} "
@@ -118,7 +128,9 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         artefacts[fmt] = made.name
         # Reduced precision is judged on accuracy by the validate gates; this records how far it moved.
         metrics[fmt] = {"parity": ort_parity(made, model, images), "bytes": made.stat().st_size}
-        log.info("%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"])
+        log.info(
+            "%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"]
+        )
     return StageResult(metrics=metrics, extra={"artefacts": artefacts})
 
 
@@ -128,7 +140,9 @@ def calibration_batch(ctx, n: int) -> np.ndarray:
 
     train = ctx.data.train
     picks = np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int)
-    view = Transformed(train.base, [train.indices[i] for i in picks], eval_transform(ctx.data.preset))
+    view = Transformed(
+        train.base, [train.indices[i] for i in picks], eval_transform(ctx.data.preset)
+    )
     return np.stack([view[i][0].numpy() for i in range(len(view))]).astype(np.float32)
 
 
@@ -136,7 +150,9 @@ def make_variant(fmt: str, fp32: Path, out_dir: Path, ctx, calibration_samples: 
     from export.quantize import convert_fp16, quantize_int8
 
     if fmt == "onnx_int8":
-        return quantize_int8(fp32, out_dir / "model.int8.onnx", calibration_batch(ctx, calibration_samples))
+        return quantize_int8(
+            fp32, out_dir / "model.int8.onnx", calibration_batch(ctx, calibration_samples)
+        )
     if fmt == "onnx_fp16":
         return convert_fp16(fp32, out_dir / "model.fp16.onnx")
     raise StageError(f"unknown export format {fmt!r}")

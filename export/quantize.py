@@ -20,7 +20,10 @@ class _Batches:
 
     def __init__(self, input_name: str, data: np.ndarray, batch: int) -> None:
         self._it = iter(
-            [{input_name: np.ascontiguousarray(data[i : i + batch])} for i in range(0, len(data), batch)]
+            [
+                {input_name: np.ascontiguousarray(data[i : i + batch])}
+                for i in range(0, len(data), batch)
+            ]
         )
 
     def get_next(self) -> dict | None:
@@ -30,7 +33,9 @@ class _Batches:
         pass
 
 
-def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, *, per_channel: bool = True) -> Path:
+def quantize_int8(
+    src: Path, dst: Path, calibration: np.ndarray, *, per_channel: bool = True
+) -> Path:
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

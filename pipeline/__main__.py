@@ -41,10 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline's stages, skipping those already done")
     _add_config_args(run)
     run.add_argument("--only", choices=STAGES, help="run only this stage (its inputs must exist)")
-    run.add_argument("--from", dest="from_stage", choices=STAGES, help="re-run this stage and all after it")
+    run.add_argument(
+        "--from", dest="from_stage", choices=STAGES, help="re-run this stage and all after it"
+    )
     run.add_argument("--force", action="store_true", help="re-run every stage even if up to date")
 
-    check = sub.add_parser("check", help="validate a config and print it with every default filled in")
+    check = sub.add_parser(
+        "check", help="validate a config and print it with every default filled in"
+    )
     _add_config_args(check)
 
     data = sub.add_parser("data", help="inspect the configured data")
@@ -107,7 +111,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     report = cfg.run_path / "report.md"
     if "validate" in manifests:
         arts = manifests["validate"].metrics["artefacts"]
-        summary = ", ".join(f"{k} top-1 {v['top1']:.4f} p50 {v['latency_ms']['p50']:.2f} ms" for k, v in arts.items())
+        summary = ", ".join(
+            f"{k} top-1 {v['top1']:.4f} p50 {v['latency_ms']['p50']:.2f} ms"
+            for k, v in arts.items()
+        )
         log.info("done: %s", summary)
     log.info("run folder: %s%s", cfg.run_path, f"; report: {report}" if report.exists() else "")
     return 0
@@ -123,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        again = shlex.join([Path(sys.executable).name, "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)])
+        again = shlex.join(
+            [Path(sys.executable).name, "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)]
+        )
         log.error(
             "interrupted; finished stages and the last training checkpoint are kept. Resume with the same command: %s",
             again,

@@ -87,9 +87,17 @@ def hash_files(folder: Path, exclude_dirs: tuple[str, ...] = ("checkpoints",)) -
     return out
 
 
-def stage_key(stage: str, stage_config: dict, input_keys: dict[str, str], data_fp: str, version: str) -> str:
+def stage_key(
+    stage: str, stage_config: dict, input_keys: dict[str, str], data_fp: str, version: str
+) -> str:
     payload = json.dumps(
-        {"stage": stage, "config": stage_config, "inputs": input_keys, "data": data_fp, "version": version},
+        {
+            "stage": stage,
+            "config": stage_config,
+            "inputs": input_keys,
+            "data": data_fp,
+            "version": version,
+        },
         sort_keys=True,
         default=str,
     )
@@ -133,7 +141,15 @@ def environment() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
     }
-    for dist in ("torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "accelerate", "tensorrt"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "accelerate",
+        "tensorrt",
+    ):
         v = _version(dist)
         if v:
             env[dist] = v

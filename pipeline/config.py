@@ -42,7 +42,9 @@ class DataConfig(Strict):
     max_per_class: int | None = Field(None, ge=1, description="cap train images per class")
     # Preset overrides: None takes the data set's preset.
     input_size: int | None = Field(None, ge=8, le=1024)
-    resize: int | None = Field(None, ge=8, le=2048, description="test-time resize before centre crop")
+    resize: int | None = Field(
+        None, ge=8, le=2048, description="test-time resize before centre crop"
+    )
     train_aug: Literal["none", "crop", "crop_flip", "rrc_flip"] | None = None
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
@@ -60,9 +62,13 @@ class DataConfig(Strict):
     def _root_exists(self) -> DataConfig:
         if self.name != "digits":
             if self.root is None:
-                raise ValueError(f"root is required for name={self.name!r}; set data.root to the data set folder")
+                raise ValueError(
+                    f"root is required for name={self.name!r}; set data.root to the data set folder"
+                )
             if not self.root.exists():
-                raise ValueError(f"root {str(self.root)!r} does not exist; point data.root at the data set folder")
+                raise ValueError(
+                    f"root {str(self.root)!r} does not exist; point data.root at the data set folder"
+                )
         return self
 
     @field_validator("std")
@@ -132,7 +138,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     processes: int = Field(
-        1, ge=1, description="training processes started by `python -m pipeline run` (DDP; gloo on CPU)"
+        1,
+        ge=1,
+        description="training processes started by `python -m pipeline run` (DDP; gloo on CPU)",
     )
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = off")
@@ -140,10 +148,14 @@ class TrainConfig(Strict):
     compile: bool = Field(False, description="torch.compile the model")
     deterministic: bool = Field(False, description="deterministic kernels and seeded data workers")
     checkpoint_every_epochs: int | None = Field(1, ge=1, description="None = no epoch checkpoints")
-    checkpoint_every_steps: int | None = Field(None, ge=1, description="optimizer steps; None = off")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; None = off"
+    )
     keep_checkpoints: int = Field(2, ge=1)
     on_nan: Literal["stop", "skip"] = "stop"
-    max_nan_skips: int = Field(10, ge=0, description="with on_nan=skip: stop after more skipped steps")
+    max_nan_skips: int = Field(
+        10, ge=0, description="with on_nan=skip: stop after more skipped steps"
+    )
     tracker: Literal["none", "tensorboard"] = "none"
     distill: DistillConfig = DistillConfig()
 
@@ -157,7 +169,9 @@ class TrainConfig(Strict):
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})")
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})"
+            )
         return self
 
     @model_validator(mode="after")
@@ -185,7 +199,9 @@ class ExportConfig(Strict):
     formats: list[Literal["onnx_fp16", "onnx_int8"]] = Field(
         ["onnx_int8"], description="ONNX Runtime variants made beside the FP32 model"
     )
-    calibration_samples: int = Field(256, ge=8, description="train images (eval transform) for INT8")
+    calibration_samples: int = Field(
+        256, ge=8, description="train images (eval transform) for INT8"
+    )
 
 
 class LatencyConfig(Strict):
@@ -226,7 +242,6 @@ class PipelineConfig(Strict):
             raise ValueError("use letters, digits, '_', '-', '.' (it names a folder)")
         return v
 
-
     @property
     def run_path(self) -> Path:
         return self.run_dir / self.name
@@ -259,7 +274,11 @@ def _allowed_keys(loc: tuple) -> list[str]:
     for part in loc:
         fields = {(f.alias or n): f for n, f in model.model_fields.items()}
         field = fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
             return []
         model = field.annotation
     return [f.alias or n for n, f in model.model_fields.items()]
@@ -299,7 +318,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}"
+            )
         tree = loaded or {}
     for item in overrides or []:
         _apply_override(tree, item)

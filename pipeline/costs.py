@@ -16,7 +16,9 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def torch_latency(model: nn.Module, example: torch.Tensor, warmup: int = 10, iters: int = 50) -> dict[str, float]:
+def torch_latency(
+    model: nn.Module, example: torch.Tensor, warmup: int = 10, iters: int = 50
+) -> dict[str, float]:
     model.eval()
     with torch.inference_mode():
         return latency(lambda: model(example), warmup=warmup, iters=iters)

@@ -38,7 +38,9 @@ def test_batch(ctx, n: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def logit_parity(a: torch.nn.Module, b: torch.nn.Module, images: torch.Tensor, chunk: int = 128) -> dict:
+def logit_parity(
+    a: torch.nn.Module, b: torch.nn.Module, images: torch.Tensor, chunk: int = 128
+) -> dict:
     diffs, agree = [], 0
     for start in range(0, len(images), chunk):
         x = images[start : start + chunk]
@@ -47,7 +49,11 @@ def logit_parity(a: torch.nn.Module, b: torch.nn.Module, images: torch.Tensor, c
         lb = b(x)
         diffs.append((la - lb).abs().max().item())
         agree += int((la.argmax(1) == lb.argmax(1)).sum())
-    return {"max_abs_diff": max(diffs), "top1_agreement": agree / len(images), "samples": len(images)}
+    return {
+        "max_abs_diff": max(diffs),
+        "top1_agreement": agree / len(images),
+        "samples": len(images),
+    }
 
 
 def attention_figures(wrapper, images: torch.Tensor, preset: dict, out_dir: Path) -> list[Path]:
@@ -57,7 +63,13 @@ def attention_figures(wrapper, images: torch.Tensor, preset: dict, out_dir: Path
     n_stages = len(wrapper.backbone.stage_channels)
     return [
         save_attention_figure(
-            wrapper, images, None, out_dir / f"attention_stage{stage + 1}.png", preset["mean"], preset["std"], stage=stage
+            wrapper,
+            images,
+            None,
+            out_dir / f"attention_stage{stage + 1}.png",
+            preset["mean"],
+            preset["std"],
+            stage=stage,
         )
         for stage in sorted({1, n_stages - 1})
     ]
@@ -83,7 +95,9 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         )
     bare = count_parameters(build_backbone(spec))
     if count_parameters(deployed) != bare:
-        raise StageError(f"deployed model has {count_parameters(deployed)} parameters, the bare backbone {bare}")
+        raise StageError(
+            f"deployed model has {count_parameters(deployed)} parameters, the bare backbone {bare}"
+        )
     one = images[:1]
     cost = {
         "params_training": count_parameters(wrapper),
@@ -99,6 +113,9 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         attention_figures(wrapper, images[: min(6, len(images))], spec["preset"], out_dir)
     log.info(
         "pruned %d -> %d parameters; logits max |diff| %.3g on %d test images",
-        cost["params_training"], cost["params_deployed"], parity["max_abs_diff"], parity["samples"],
+        cost["params_training"],
+        cost["params_deployed"],
+        parity["max_abs_diff"],
+        parity["samples"],
     )
     return StageResult(metrics={"parity": parity, "params_bare_backbone": bare, **cost})

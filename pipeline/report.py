@@ -52,7 +52,9 @@ def training_figure(metrics_path: Path, out: Path) -> Path | None:
     return out
 
 
-def build_report(cfg: PipelineConfig, train: Manifest | None, prune: Manifest, export: Manifest, val: dict) -> dict[str, Any]:
+def build_report(
+    cfg: PipelineConfig, train: Manifest | None, prune: Manifest, export: Manifest, val: dict
+) -> dict[str, Any]:
     return {
         "run": cfg.name,
         "passed": all(g["passed"] for g in val["gates"]),
@@ -93,7 +95,9 @@ def render_markdown(r: dict[str, Any], figures: list[str]) -> str:
         )
     lines += ["", "## Gates", "", "| gate | measured | limit | result |", "|---|---|---|---|"]
     for g in r["gates"]:
-        lines.append(f"| {g['gate']} | {g['value']:.4f} | {g['limit']} | {'pass' if g['passed'] else '**FAIL**'} |")
+        lines.append(
+            f"| {g['gate']} | {g['value']:.4f} | {g['limit']} | {'pass' if g['passed'] else '**FAIL**'} |"
+        )
     if t:
         lines += [
             "",
@@ -132,13 +136,17 @@ def render_markdown(r: dict[str, Any], figures: list[str]) -> str:
         ]
         for name, e in r["export"].items():
             par = e["parity"]
-            lines.append(f"| {name} | {par['max_abs_diff']:.3g} | {_pct(par['top1_agreement'])} | {par['samples']} |")
+            lines.append(
+                f"| {name} | {par['max_abs_diff']:.3g} | {_pct(par['top1_agreement'])} | {par['samples']} |"
+            )
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
-def write_reports(run_dir: Path, cfg: PipelineConfig, inputs: Mapping[str, Manifest], val: dict) -> dict:
+def write_reports(
+    run_dir: Path, cfg: PipelineConfig, inputs: Mapping[str, Manifest], val: dict
+) -> dict:
     from pipeline.runner import stage_folder
 
     train = Manifest.load(stage_folder(run_dir, "train"))
@@ -148,7 +156,9 @@ def write_reports(run_dir: Path, cfg: PipelineConfig, inputs: Mapping[str, Manif
         fig = training_figure(train.path("metrics.jsonl"), run_dir / "figures" / "training.png")
         if fig:
             figures.append(fig.relative_to(run_dir).as_posix())
-        figures += sorted(p.relative_to(run_dir).as_posix() for p in run_dir.glob("*_prune/attention*.png"))
+        figures += sorted(
+            p.relative_to(run_dir).as_posix() for p in run_dir.glob("*_prune/attention*.png")
+        )
     report["figures"] = figures
     write_json_atomic(run_dir / "report.json", report)
     write_text_atomic(run_dir / "report.md", render_markdown(report, figures))

@@ -77,7 +77,11 @@ def _selected(only: str | None, from_stage: str | None) -> list[str]:
 
 
 def run_pipeline(
-    cfg: PipelineConfig, *, only: str | None = None, from_stage: str | None = None, force: bool = False
+    cfg: PipelineConfig,
+    *,
+    only: str | None = None,
+    from_stage: str | None = None,
+    force: bool = False,
 ) -> dict[str, Manifest]:
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
@@ -93,7 +97,13 @@ def run_pipeline(
     manifests: dict[str, Manifest] = {}
     for stage in STAGES:
         inputs = {s: manifests[s] for s in STAGE_INPUTS[stage] if s in manifests}
-        key = stage_key(stage, cfg.stage_config(stage), {s: m.key for s, m in inputs.items()}, data_fp, __version__)
+        key = stage_key(
+            stage,
+            cfg.stage_config(stage),
+            {s: m.key for s, m in inputs.items()},
+            data_fp,
+            __version__,
+        )
         folder = stage_folder(run_dir, stage)
         existing = Manifest.load(folder)
         if stage not in selected:
@@ -105,7 +115,9 @@ def run_pipeline(
                     )
                 continue
             if existing.key != key:
-                log.warning("%s: using earlier output whose settings differ from this config", stage)
+                log.warning(
+                    "%s: using earlier output whose settings differ from this config", stage
+                )
             manifests[stage] = existing
             continue
         if existing and existing.complete and existing.key == key and stage not in forced:
@@ -133,7 +145,9 @@ def _is_secondary_rank() -> bool:
     return is_secondary_rank()
 
 
-def _train_as_secondary_rank(cfg: PipelineConfig, selected: list[str], forced: set[str]) -> dict[str, Manifest]:
+def _train_as_secondary_rank(
+    cfg: PipelineConfig, selected: list[str], forced: set[str]
+) -> dict[str, Manifest]:
     """Under `accelerate launch -m pipeline run`, ranks other than 0 only join the training.
 
     Rank 0 does everything else (work folder, manifests, later stages); this rank reaches the
@@ -148,7 +162,9 @@ def _train_as_secondary_rank(cfg: PipelineConfig, selected: list[str], forced: s
     existing = Manifest.load(folder)
     if existing and existing.complete and existing.key == key and "train" not in forced:
         return {}
-    import_module(STAGE_MODULES["train"]).run(cfg, {}, folder.with_name(folder.name + ".partial"), ctx)
+    import_module(STAGE_MODULES["train"]).run(
+        cfg, {}, folder.with_name(folder.name + ".partial"), ctx
+    )
     return {}
 
 
@@ -189,7 +205,9 @@ def _run_stage(
         result = fn(cfg, inputs, work, ctx)
     except GateFailed as exc:
         gate_error = exc
-        result = exc.result if isinstance(getattr(exc, "result", None), StageResult) else StageResult()
+        result = (
+            exc.result if isinstance(getattr(exc, "result", None), StageResult) else StageResult()
+        )
     manifest = Manifest.load(work) or manifest  # the stage may have recorded progress
     manifest.metrics = result.metrics
     manifest.extra.update(result.extra)

@@ -37,14 +37,18 @@ def test_arrays(ctx) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def top1(predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, chunk: int = 256) -> float:
+def top1(
+    predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, chunk: int = 256
+) -> float:
     correct = 0
     for s in range(0, len(xs), chunk):
         correct += int((predict(xs[s : s + chunk]).argmax(1) == ys[s : s + chunk]).sum())
     return correct / len(xs)
 
 
-def score(predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, cfg: PipelineConfig) -> dict:
+def score(
+    predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, ys: np.ndarray, cfg: PipelineConfig
+) -> dict:
     lat = cfg.validate_.latency
     one = xs[:1]
     batch = np.resize(xs, (lat.throughput_batch, *xs.shape[1:])).astype(np.float32)
@@ -69,14 +73,32 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
     g = cfg.validate_.gates
     gates = []
     for name, a in artefacts.items():
-        gates.append({"gate": f"{name}.top1 >= min_top1", "value": a["top1"], "limit": g.min_top1, "passed": a["top1"] >= g.min_top1})
+        gates.append(
+            {
+                "gate": f"{name}.top1 >= min_top1",
+                "value": a["top1"],
+                "limit": g.min_top1,
+                "passed": a["top1"] >= g.min_top1,
+            }
+        )
     ref = artefacts["torch"]["top1"]
     for name, a in artefacts.items():
         if name == "torch":
             continue
         drop = ref - a["top1"]
-        key, limit = ("max_top1_drop_int8", g.max_top1_drop_int8) if "int8" in name else ("max_top1_drop", g.max_top1_drop)
-        gates.append({"gate": f"{name}.top1_drop <= {key}", "value": drop, "limit": limit, "passed": drop <= limit})
+        key, limit = (
+            ("max_top1_drop_int8", g.max_top1_drop_int8)
+            if "int8" in name
+            else ("max_top1_drop", g.max_top1_drop)
+        )
+        gates.append(
+            {
+                "gate": f"{name}.top1_drop <= {key}",
+                "value": drop,
+                "limit": limit,
+                "passed": drop <= limit,
+            }
+        )
     return gates
 
 
@@ -93,12 +115,20 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
     xs, ys = test_arrays(ctx)
     artefacts: dict[str, dict] = {}
     log.info("validating torch (fp32) on %d test images", len(xs))
-    artefacts["torch"] = {"backend": "torch eager fp32", "file": str(prune.path("classifier.safetensors")), **score(torch_predictor(model), xs, ys, cfg)}
+    artefacts["torch"] = {
+        "backend": "torch eager fp32",
+        "file": str(prune.path("classifier.safetensors")),
+        **score(torch_predictor(model), xs, ys, cfg),
+    }
     for name, rel in export.extra["artefacts"].items():
         path = export.path(rel)
         log.info("validating %s (onnxruntime CPU)", name)
         ort = OrtPredictor(path, threads=threads)
-        artefacts[name] = {"backend": BACKENDS.get(name, name), "file": str(path), **score(ort.run, xs, ys, cfg)}
+        artefacts[name] = {
+            "backend": BACKENDS.get(name, name),
+            "file": str(path),
+            **score(ort.run, xs, ys, cfg),
+        }
     for a in artefacts.values():
         a["bytes"] = Path(a["file"]).stat().st_size
     gates = check_gates(cfg, artefacts)
@@ -109,7 +139,9 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
     if failed:
         err = GateFailed(
             "gate failed: "
-            + "; ".join(f"{g['gate']}: measured {g['value']:.4f}, limit {g['limit']}" for g in failed)
+            + "; ".join(
+                f"{g['gate']}: measured {g['value']:.4f}, limit {g['limit']}" for g in failed
+            )
             + f". Everything measured is in {ctx.run_dir / 'report.md'}"
         )
         err.result = StageResult(metrics=metrics)

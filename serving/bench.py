@@ -38,4 +38,8 @@ def throughput(fn: Callable[[], Any], batch: int, *, warmup: int, iters: int) ->
     for _ in range(iters):
         fn()
     elapsed = time.perf_counter() - t0
-    return {"batch": batch, "images_per_s": batch * iters / elapsed, "batch_ms": 1000.0 * elapsed / iters}
+    return {
+        "batch": batch,
+        "images_per_s": batch * iters / elapsed,
+        "batch_ms": 1000.0 * elapsed / iters,
+    }

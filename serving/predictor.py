@@ -16,7 +16,9 @@ import numpy as np
 class OrtPredictor:
     """An ONNX Runtime session with the exported model's preprocessing and class names."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -38,7 +40,9 @@ class OrtPredictor:
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a preprocessed float32 NCHW batch."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        return self.session.run(
+            None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        )[0]
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 HWC RGB images -> the normalised NCHW batch the model was trained on."""

@@ -135,7 +135,9 @@ def test_missing_root(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"data: root .*nowhere' does not exist"):
         load_config(None, ["data.name=cub200", f"data.root={tmp_path / 'nowhere'}"])
     # A folder that disappears after the config was checked is still a clear data error.
-    unchecked = DataConfig.model_construct(**{**DataConfig().model_dump(), "name": "cub200", "root": tmp_path / "nowhere"})
+    unchecked = DataConfig.model_construct(
+        **{**DataConfig().model_dump(), "name": "cub200", "root": tmp_path / "nowhere"}
+    )
     with pytest.raises(DataError, match=r"data.root .*nowhere does not exist"):
         build_data(unchecked)
 

@@ -141,7 +141,11 @@ def test_model_class_count_must_match_data(tiny_overrides):
 
 
 def test_ama_run_removes_self_teacher_and_reports_its_cost(tiny_overrides):
-    cfg = load_config(None, tiny_overrides + ["train.epochs=1", "train.method=ama", "train.distill.mix_warmup_epochs=0"])
+    cfg = load_config(
+        None,
+        tiny_overrides
+        + ["train.epochs=1", "train.method=ama", "train.distill.mix_warmup_epochs=0"],
+    )
     manifests = run_pipeline(cfg)
     p = manifests["prune"].metrics
     assert p["parity"]["max_abs_diff"] == 0.0

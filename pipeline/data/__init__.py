@@ -38,7 +38,9 @@ def build_data(cfg) -> DataBundle:
     preset = resolve_preset(cfg)
     train_idx, val_idx = stratified_split(src.train.labels, cfg.val_fraction, cfg.split_seed)
     train_idx = cap_per_class(src.train.labels, train_idx, cfg.max_per_class)
-    fp = hash_parts(src.fingerprint, preset.to_dict(), cfg.val_fraction, cfg.split_seed, cfg.max_per_class)
+    fp = hash_parts(
+        src.fingerprint, preset.to_dict(), cfg.val_fraction, cfg.split_seed, cfg.max_per_class
+    )
     return DataBundle(
         train=Transformed(src.train, train_idx, train_transform(preset)),
         val=Transformed(src.train, val_idx, eval_transform(preset)),

@@ -41,7 +41,9 @@ class TensorImages(ImageSet):
 
     def __init__(self, images: torch.Tensor, labels: Sequence[int]) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                f"expected uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         if len(images) != len(labels):
             raise ValueError("images and labels differ in length")
         self.images = images
@@ -132,7 +134,9 @@ class DataBundle:
         }
 
 
-def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: Sequence[int], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
     """Deterministic stratified split: (kept, carved) index lists, carved ~ fraction per class."""
     if fraction <= 0:
         return list(range(len(labels))), []

@@ -66,7 +66,9 @@ def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
 
 def _stem(kind: str, cout: int) -> nn.Sequential:
     if kind == "cifar":
-        return nn.Sequential(nn.Conv2d(3, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(3, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
     if kind == "imagenet":
         return nn.Sequential(
             nn.Conv2d(3, cout, 7, 2, 3, bias=False),
@@ -123,7 +125,9 @@ class WideBasic(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.relu = nn.ReLU(inplace=False)
-        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.shortcut = (
+            None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         o = self.relu(self.bn1(x))
@@ -142,11 +146,20 @@ class WideResNet(nn.Module):
         if stem == "cifar":
             self.stem = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
         else:
-            self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, widths[0], 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)
+            )
         cin = widths[0]
         stages, post = [], []
         for i, w in enumerate(widths[1:]):
-            stages.append(nn.Sequential(*[WideBasic(cin if j == 0 else w, w, (1 if i == 0 else 2) if j == 0 else 1) for j in range(n)]))
+            stages.append(
+                nn.Sequential(
+                    *[
+                        WideBasic(cin if j == 0 else w, w, (1 if i == 0 else 2) if j == 0 else 1)
+                        for j in range(n)
+                    ]
+                )
+            )
             # Stage features are read after BN-ReLU so they are non-negative like the ResNets'.
             post.append(nn.Sequential(nn.BatchNorm2d(w), nn.ReLU(inplace=False)))
             cin = w

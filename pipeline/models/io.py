@@ -27,7 +27,9 @@ def read_spec(folder: Path, stem_name: str) -> dict[str, Any]:
 
 
 def build_backbone(spec: dict[str, Any]) -> nn.Module:
-    return create_model(spec["arch"], num_classes=spec["num_classes"], stem=spec["stem"], width=spec["width"])
+    return create_model(
+        spec["arch"], num_classes=spec["num_classes"], stem=spec["stem"], width=spec["width"]
+    )
 
 
 def build_training_model(spec: dict[str, Any], distill_cfg: Any = None) -> SelfDistillModel:

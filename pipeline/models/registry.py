@@ -20,7 +20,9 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, *, num_classes: int, stem: str = "cifar", width: float = 1.0) -> nn.Module:
+def create_model(
+    name: str, *, num_classes: int, stem: str = "cifar", width: float = 1.0
+) -> nn.Module:
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
     return _MODELS[name](num_classes=num_classes, stem=stem, width=width)

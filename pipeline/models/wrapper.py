@@ -31,7 +31,9 @@ class SelfDistillModel(nn.Module):
         if self.aux is None:
             return ModelOutput(logits=logits, features=feats)
         aux_logits, refined = self.aux(feats)
-        return ModelOutput(logits=logits, features=feats, aux_logits=aux_logits, aux_features=refined)
+        return ModelOutput(
+            logits=logits, features=feats, aux_logits=aux_logits, aux_features=refined
+        )
 
     def deployable(self) -> nn.Module:
         """The classifier alone: what ships."""
