@@ -28,6 +28,8 @@ def build(method_name: str, args: argparse.Namespace, num_classes: int):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if args.compile:
+        model = torch.compile(model)
     return method, model, opt
 
 
@@ -53,6 +55,7 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--methods", default="ce,ama", help="comma-separated; the first is the baseline")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile both models (inductor)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -34,6 +34,13 @@ def _restore_rng():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core host."""
+    torch.set_num_threads(1)  # _restore_rng puts the previous count back
+    yield
+
+
 TINY = [
     "data.name=digits",
     "model.name=resnet18",

@@ -10,13 +10,7 @@ from pipeline.distill import create_method
 from pipeline.models import ModelOutput, SelfDistillModel, count_parameters, create_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STAGES = {"resnet18": 4, "resnet34": 4, "resnet50": 4, "wrn16_2": 3}

@@ -21,13 +21,7 @@ from pipeline.models import SelfDistillModel, create_model
 from pipeline.models.self_teacher import SelfTeacher
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(method: str = "ama", name: str = "resnet18", epochs: int = 200, **cfg):

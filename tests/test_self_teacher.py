@@ -12,13 +12,7 @@ from pipeline.models import count_parameters, create_model
 from pipeline.models.self_teacher import SelfTeacher
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: thread hand-offs cost more than they save, badly so on a shared 2-core host."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conv1(m, x: torch.Tensor) -> torch.Tensor:
