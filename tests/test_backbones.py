@@ -9,7 +9,6 @@ from pipeline.config import DistillConfig
 from pipeline.distill import create_method
 from pipeline.models import ModelOutput, SelfDistillModel, count_parameters, create_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -20,7 +20,6 @@ from pipeline.distill.losses import (
 from pipeline.models import SelfDistillModel, create_model
 from pipeline.models.self_teacher import SelfTeacher
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

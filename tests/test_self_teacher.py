@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from pipeline.models import count_parameters, create_model
 from pipeline.models.self_teacher import SelfTeacher
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
