@@ -124,6 +124,8 @@ def run_pipeline(
             log.info("%s: up to date (key %s), skipped", stage, key)
             manifests[stage] = existing
             continue
+        if stage in forced:
+            _discard_partial(folder)  # --force/--from mean "from scratch", not "resume"
         manifests[stage] = _run_stage(stage, key, cfg, inputs, folder, ctx, data_fp)
     return manifests
 
@@ -166,6 +168,10 @@ def _train_as_secondary_rank(
         cfg, {}, folder.with_name(folder.name + ".partial"), ctx
     )
     return {}
+
+
+def _discard_partial(folder: Path) -> None:
+    shutil.rmtree(folder.with_name(folder.name + ".partial"), ignore_errors=True)
 
 
 def _work_folder(folder: Path, key: str) -> Path:

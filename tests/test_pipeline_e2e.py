@@ -158,3 +158,16 @@ def test_ama_run_removes_self_teacher_and_reports_its_cost(tiny_overrides):
     figures = sorted((manifests["prune"].folder).glob("attention_stage*.png"))
     assert len(figures) == 2 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
     assert "02_prune/attention_stage4.png" in report
+
+
+def test_force_trains_from_scratch_even_with_a_resumable_partial(tiny_overrides):
+    import shutil
+
+    cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
+    first = run_pipeline(cfg, only="train")["train"]
+    assert first.extra.get("checkpoint"), "the train stage should name its last checkpoint"
+    partial = first.folder.with_name(first.folder.name + ".partial")
+    shutil.copytree(first.folder, partial)  # what a run killed after its last checkpoint leaves
+    again = run_pipeline(cfg, only="train", force=True)["train"]
+    assert again.metrics["resumed_from"] is None
+    assert again.started > first.started
