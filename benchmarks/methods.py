@@ -77,10 +77,16 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
 def train_one(overrides: list[str], name: str) -> dict:
     cfg = load_config(None, [*overrides, f"name={name}"])
     m = run_pipeline(cfg, only="train")["train"].metrics
-    return {
-        k: m.get(k)
-        for k in ("test_top1", "test_aux_top1", "val_top1", "train_top1", "epoch_s", "images_per_s")
-    }
+    keys = (
+        "test_top1",
+        "test_aux_top1",
+        "val_top1",
+        "train_top1",
+        "epoch_s",
+        "images_per_s",
+        "train_s",
+    )
+    return {k: m.get(k) for k in keys}
 
 
 def summarise(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
