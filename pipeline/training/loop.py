@@ -77,7 +77,8 @@ class Trainer:
         if not self.keys:
             self.reset_sums({**{k: 0.0 for k in parts}, "correct": 0.0, "seen": 0.0})
         values = [parts[k].detach().double() * n for k in self.keys[:-2]]
-        self.sums += torch.stack([*values, correct.double(), torch.tensor(n, dtype=torch.float64)])
+        seen = torch.tensor(n, dtype=torch.float64, device=self.sums.device)
+        self.sums += torch.stack([*values, correct.double(), seen])
 
 
 def _prepare_inputs(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
