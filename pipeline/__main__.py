@@ -44,7 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--from", dest="from_stage", choices=STAGES, help="re-run this stage and all after it"
     )
-    run.add_argument("--force", action="store_true", help="re-run the selected stages from scratch, even if up to date")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run the selected stages from scratch, even if up to date",
+    )
 
     check = sub.add_parser(
         "check", help="validate a config and print it with every default filled in"
