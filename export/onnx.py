@@ -143,7 +143,7 @@ def calibration_batch(ctx, n: int) -> np.ndarray:
     view = Transformed(
         train.base, [train.indices[i] for i in picks], eval_transform(ctx.data.preset)
     )
-    return np.stack([view[i][0].numpy() for i in range(len(view))]).astype(np.float32)
+    return view.stack().numpy().astype(np.float32)
 
 
 def make_variant(fmt: str, fp32: Path, out_dir: Path, ctx, calibration_samples: int) -> Path:

@@ -32,9 +32,7 @@ log = logging.getLogger("pipeline.prune")
 
 def test_batch(ctx, n: int) -> torch.Tensor:
     """The first n test images, preprocessed exactly as at evaluation."""
-    test = ctx.data.test
-    n = min(n, len(test))
-    return torch.stack([test[i][0] for i in range(n)])
+    return ctx.data.test.stack(n)
 
 
 @torch.inference_mode()

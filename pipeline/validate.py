@@ -32,9 +32,7 @@ BACKENDS = {
 
 def test_arrays(ctx) -> tuple[np.ndarray, np.ndarray]:
     test = ctx.data.test
-    xs = np.stack([test[i][0].numpy() for i in range(len(test))]).astype(np.float32)
-    ys = np.asarray(test.labels)
-    return xs, ys
+    return test.stack().numpy().astype(np.float32), np.asarray(test.labels)
 
 
 def top1(

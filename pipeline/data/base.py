@@ -97,6 +97,11 @@ class Transformed(Dataset):
         j = self.indices[i]
         return self.transform(self.base.load(j)), self.base.labels[j]
 
+    def stack(self, n: int | None = None) -> torch.Tensor:
+        """The first n images (all by default), transformed, as one float batch."""
+        n = len(self) if n is None else min(n, len(self))
+        return torch.stack([self[i][0] for i in range(n)])
+
 
 @dataclass
 class SourceData:

@@ -121,15 +121,34 @@ def require_every_class(fl: FileList, classes: list[str], where: Path) -> None:
         )
 
 
+def check_listed(
+    train: FileList, train_list: Path, test: FileList, test_list: Path, classes: list[str], cfg
+) -> None:
+    """Files named by official train/test lists exist, and every class has training images."""
+    require_listed_files(train, train_list, cfg)
+    require_listed_files(test, test_list, cfg)
+    require_every_class(train, classes, train_list)
+
+
 def file_source(
-    name: str, root: Path, train: FileList, test: FileList, classes: list[str], cfg
+    name: str,
+    root: Path,
+    train: FileList,
+    test: FileList,
+    classes: list[str],
+    cfg,
+    class_ids: list[str] | None = None,
 ) -> SourceData:
-    """Fingerprint the listing, then hold the images as configured (cache, on_bad_image)."""
+    """Fingerprint the listing, then hold the images as configured (cache, on_bad_image).
+
+    `class_ids` (e.g. WordNet ids) go into the manifest beside the readable class names."""
     fp = hash_parts(name, files_fingerprint(train, root), files_fingerprint(test, root), classes)
     sets, info = build_image_sets({"train": train, "test": test}, cfg, root)
     if info["skipped_images"]:
         # Which files were dropped follows from the listing; the count guards against decoder changes.
         fp = hash_parts(fp, info["skipped_images"])
+    if class_ids is not None:
+        info["class_ids"] = class_ids
     return SourceData(
         train=sets["train"], test=sets["test"], classes=classes, fingerprint=fp, info=info
     )

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline.data.base import SourceData
 from pipeline.data.files import FileList
 from pipeline.data.sources.common import (
+    check_listed,
     file_source,
     locate,
     read_rows,
@@ -152,11 +153,7 @@ def stanford_dogs(cfg) -> SourceData:
     folders = class_folders(images)
     train, train_list = _dogs_split(root, images, folders, "train")
     test, test_list = _dogs_split(root, images, folders, "test")
-    require_listed_files(train, train_list, cfg)
-    require_listed_files(test, test_list, cfg)
-    require_every_class(train, folders, train_list)
+    check_listed(train, train_list, test, test_list, folders, cfg)
     # 'n02085620-Chihuahua' -> 'Chihuahua'; the WordNet ids stay in the manifest.
     classes = [f.split("-", 1)[1] if "-" in f else f for f in folders]
-    src = file_source("stanford_dogs", root, train, test, classes, cfg)
-    src.info["class_ids"] = folders
-    return src
+    return file_source("stanford_dogs", root, train, test, classes, cfg, class_ids=folders)

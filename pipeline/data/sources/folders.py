@@ -7,11 +7,11 @@ from pathlib import Path
 from pipeline.data.base import SourceData
 from pipeline.data.files import IMAGE_EXTENSIONS, FileList
 from pipeline.data.sources.common import (
+    check_listed,
     file_source,
     locate,
     read_rows,
     require_dir,
-    require_every_class,
     require_listed_files,
     scan_class_folder,
 )
@@ -85,7 +85,7 @@ def tiny_imagenet(cfg) -> SourceData:
     train = FileList(paths, labels)
     test = _tiny_val(root, index)
     require_listed_files(test, root / "val" / "val_annotations.txt", cfg)
-    return _with_ids(file_source("tiny_imagenet", root, train, test, classes, cfg), wnids)
+    return file_source("tiny_imagenet", root, train, test, classes, cfg, class_ids=wnids)
 
 
 def _tiny_val(root: Path, index: dict[str, int]) -> FileList:
@@ -102,11 +102,6 @@ def _tiny_val(root: Path, index: dict[str, int]) -> FileList:
     return FileList(paths, labels)
 
 
-def _with_ids(src: SourceData, ids: list[str]) -> SourceData:
-    src.info["class_ids"] = ids
-    return src
-
-
 @register_source("mit67")
 def mit67(cfg) -> SourceData:
     """Images/<class>/*.jpg with the official TrainImages.txt and TestImages.txt beside Images/."""
@@ -119,7 +114,5 @@ def mit67(cfg) -> SourceData:
     fmt = "kitchen/int474.jpg"
     train = listed_files(root / "TrainImages.txt", images, classes, fmt)
     test = listed_files(root / "TestImages.txt", images, classes, fmt)
-    require_listed_files(train, root / "TrainImages.txt", cfg)
-    require_listed_files(test, root / "TestImages.txt", cfg)
-    require_every_class(train, classes, root / "TrainImages.txt")
+    check_listed(train, root / "TrainImages.txt", test, root / "TestImages.txt", classes, cfg)
     return file_source("mit67", root, train, test, classes, cfg)
