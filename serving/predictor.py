@@ -6,7 +6,6 @@ Nothing here imports torch: a server needs numpy, Pillow and the back end only.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +69,3 @@ def _maybe_json(v: str) -> Any:
         return json.loads(v)
     except json.JSONDecodeError:
         return v
-
-
-def default_threads() -> int:
-    return os.cpu_count() or 1

@@ -179,3 +179,23 @@ def test_force_trains_from_scratch_even_with_a_resumable_partial(tiny_overrides)
     again = run_pipeline(cfg, only="train", force=True)["train"]
     assert again.metrics["resumed_from"] is None
     assert again.started > first.started
+
+
+def test_predictor_preprocessing_matches_training_eval_transform(finished):
+    import numpy as np
+    import torch
+
+    from pipeline.data import eval_transform, resolve_preset
+    from serving.predictor import OrtPredictor
+
+    cfg, manifests = finished
+    pred = OrtPredictor(manifests["export"].folder / "model.onnx")
+    rng = np.random.default_rng(0)
+    same_size = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ref = eval_transform(resolve_preset(cfg.data))
+    expected = ref(torch.from_numpy(same_size).permute(2, 0, 1)).numpy()
+    assert np.abs(pred.preprocess([same_size])[0] - expected).max() < 1e-5
+    wide = rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)
+    batch = pred.preprocess([wide, same_size])
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
+    assert pred.run(batch).shape == (2, 10)
