@@ -4,7 +4,9 @@
 
 Random 32x32 inputs; both methods are timed in the same process and interleaved step by step,
 so drift on a shared machine hits both alike. Prints the median and the fastest step time of
-each method and both ratios; on a busy host the fastest step is the steadier figure.
+each method and both ratios; on a busy host the fastest step is the steadier figure. Host memory
+is handled as the training stage handles it (`train.reuse_host_memory`); `--system-malloc` times
+glibc's default behaviour instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from pipeline.config import DistillConfig
 from pipeline.distill import create_method
 from pipeline.models import SelfDistillModel, count_parameters, create_model
+from pipeline.training.host_memory import reuse_freed_memory
 
 
 def build(method_name: str, args: argparse.Namespace, num_classes: int):
@@ -56,7 +59,15 @@ def main() -> None:
     p.add_argument("--methods", default="ce,ama", help="comma-separated; the first is the baseline")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile both models (inductor)")
+    p.add_argument(
+        "--system-malloc", action="store_true", help="return freed memory to the kernel (glibc)"
+    )
     args = p.parse_args()
+    with reuse_freed_memory(not args.system_malloc) as reused:
+        run(args, reused)
+
+
+def run(args: argparse.Namespace, reused: bool) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -78,6 +89,7 @@ def main() -> None:
     print(
         f"model={args.model} width={args.width} batch={args.batch} steps={args.steps} "
         f"channels_last={args.channels_last} threads={torch.get_num_threads()} "
+        f"reuse_host_memory={reused} "
         f"load_avg_1min={os.getloadavg()[0]:.1f}"  # other work on the host skews both methods
     )
     for n in names:

@@ -144,8 +144,18 @@ class TrainConfig(Strict):
     )
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = off")
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="NHWC memory format for model and inputs; auto = on a CPU, or on a GPU with "
+        "mixed precision (where it is faster), off otherwise",
+    )
     compile: bool = Field(False, description="torch.compile the model")
+    reuse_host_memory: bool = Field(
+        True,
+        description="CPU training on Linux/glibc: keep freed large blocks for the next step "
+        "instead of returning them to the kernel (no page faults on big activations); "
+        "released when training ends",
+    )
     deterministic: bool = Field(False, description="deterministic kernels and seeded data workers")
     checkpoint_every_epochs: int | None = Field(1, ge=1, description="None = no epoch checkpoints")
     checkpoint_every_steps: int | None = Field(

@@ -29,6 +29,7 @@ from pipeline.models import SelfDistillModel, count_parameters, create_model
 from pipeline.models.io import save_model
 from pipeline.training import accel
 from pipeline.training.checkpoint import Checkpointer, TrainerState
+from pipeline.training.host_memory import reuse_freed_memory
 from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
 
 log = logging.getLogger("pipeline.train")
@@ -137,7 +138,8 @@ def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
     bundle: DataBundle = ctx.data
     plan = accel.batch_plan(t, acc.num_processes)
     model, method = build_model(cfg, bundle)
-    if t.channels_last:
+    channels_last = accel.use_channels_last(t, acc.device, min(model.backbone.stage_channels))
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = accel.loaders(bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda")
     optimizer = make_optimizer(model, t)
@@ -153,7 +155,7 @@ def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
     return Trainer(
         model=model, method=method, optimizer=optimizer, scheduler=scheduler, accelerator=acc, cfg=t,
         checkpointer=Checkpointer(acc, work, t.keep_checkpoints), state=TrainerState(), stop=StopFlag(), bar=bar,
-        loaders=tuple(loaders),
+        loaders=tuple(loaders), channels_last=channels_last,
     )  # fmt: skip
 
 
@@ -173,7 +175,7 @@ def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
 
 def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_path: Path) -> dict:
     acc, t = tr.accelerator, tr.cfg
-    val = evaluate(tr.model, val_loader, acc, t.channels_last) if has_val else {}
+    val = evaluate(tr.model, val_loader, acc, tr.channels_last) if has_val else {}
     epoch = tr.state.epoch + 1
     row = {
         "epoch": epoch,
@@ -278,8 +280,10 @@ def _run_here(cfg: PipelineConfig, work: Path, ctx) -> dict:
     t_start = time.perf_counter()
     tr = _build(cfg, ctx, work)
     bundle: DataBundle = ctx.data
-    history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")
-    test = evaluate(tr.model, tr.loaders[2], tr.accelerator, cfg.train.channels_last)
+    on_cpu = tr.accelerator.device.type == "cpu"
+    with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
+        history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")
+        test = evaluate(tr.model, tr.loaders[2], tr.accelerator, tr.channels_last)
     metrics = _summary(tr, cfg, history, test, t_start)
     metrics["weights_sha256_per_rank"] = _rank_hashes(tr)
     _finish(tr, cfg, bundle, work, metrics)

@@ -40,6 +40,7 @@ def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
         "train.grad_clip=1.0",
         "train.channels_last=true",
         "train.checkpoint_every_steps=2",
+        "model.width=0.25",  # 16+ channels: see test_channels_last_resolution
     ]
     cfg, m = _train(tiny_overrides, extra)
     assert m.complete and m.metrics["final_loss"] == pytest.approx(
@@ -47,6 +48,30 @@ def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
     )  # finite
     # 120 images / micro-batch 8 = 15 batches -> 8 optimizer steps with accumulation 2
     assert m.extra["checkpoint"]["step"] == 8 and m.extra["checkpoint"]["batch"] == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "device", "precision", "narrowest", "expected"),
+    [
+        ("auto", "cpu", "no", 16, True),
+        ("auto", "cpu", "no", 8, False),  # oneDNN's narrow NHWC bug: stay NCHW
+        ("auto", "cuda", "no", 64, False),
+        ("auto", "cuda", "bf16", 64, True),
+        (False, "cpu", "no", 64, False),
+        (True, "cuda", "no", 8, True),
+    ],
+)
+def test_channels_last_resolution(setting, device, precision, narrowest, expected):
+    from pipeline.config import TrainConfig
+    from pipeline.training.accel import use_channels_last
+
+    t = TrainConfig(channels_last=setting, mixed_precision=precision)
+    assert use_channels_last(t, torch.device(device), narrowest) is expected
+
+
+def test_channels_last_on_narrow_cpu_model_is_refused_with_the_fix(tiny_overrides):
+    with pytest.raises(ConfigError, match="channels_last=auto"):
+        _train(tiny_overrides, ["train.channels_last=true"])  # TINY: width 0.125, 8 channels
 
 
 def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monkeypatch):

@@ -93,6 +93,31 @@ def make_accelerator(t: TrainConfig, work: Path):
     )
 
 
+# oneDNN in torch 2.14's CPU build corrupts the heap in the weight gradient of a stride-2 1x1
+# convolution with 8 input channels in channels_last when the batch size is odd (ResNet-18 at
+# width 0.125 with a ragged last batch aborts with "double free or corruption"); 16 and wider
+# are fine, as are 1-6 and 10-12.
+_CPU_NHWC_MIN_CHANNELS = 16
+
+
+def use_channels_last(t: TrainConfig, device: torch.device, narrowest: int) -> bool:
+    """Resolve `train.channels_last`: NHWC is faster on CPUs (oneDNN) and for mixed precision
+    on GPUs (tensor cores); fp32 on a GPU keeps NCHW. `narrowest` is the backbone's narrowest
+    stage width: on a CPU, auto keeps NCHW below 16 channels (see above)."""
+    cpu = device.type == "cpu"
+    if t.channels_last is True and cpu and narrowest < _CPU_NHWC_MIN_CHANNELS:
+        raise ConfigError(
+            f"train.channels_last=true on a CPU with a {narrowest}-channel stage: this torch "
+            "build's oneDNN corrupts memory in such narrow channels_last convolutions; use "
+            "train.channels_last=auto (or false), or a model.width giving 16+ channels"
+        )
+    if t.channels_last != "auto":
+        return bool(t.channels_last)
+    if cpu:
+        return narrowest >= _CPU_NHWC_MIN_CHANNELS
+    return t.mixed_precision != "no"
+
+
 def seed_worker(worker_id: int) -> None:
     """Data workers get torch seeds from the loader; numpy and random need the same."""
     seed = torch.initial_seed() % 2**32

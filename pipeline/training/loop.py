@@ -58,6 +58,7 @@ class Trainer:
     stop: StopFlag
     bar: Any
     loaders: tuple = ()
+    channels_last: bool = False
     resumed_from: str | None = None
     # Running sums (loss and its parts times images, correct, seen) kept on the device so a
     # step never waits for the GPU; named by `keys`, fixed by the method's first loss.
@@ -130,7 +131,7 @@ def _step(tr: Trainer, images: torch.Tensor, targets: torch.Tensor, epoch: int) 
     acc = tr.accelerator
     with acc.accumulate(tr.model):
         with acc.autocast():
-            out = tr.model(_prepare_inputs(images, tr.cfg.channels_last))
+            out = tr.model(_prepare_inputs(images, tr.channels_last))
             loss = tr.method.loss(out, targets, epoch)
         finite, stop = _flags(tr, loss.total)
         if stop:
