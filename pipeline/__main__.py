@@ -1,12 +1,14 @@
-"""Command line: `python -m pipeline run|check CONFIG`. The only place that exits.
+"""Command line: `python -m pipeline run|check|data CONFIG` and `serve|triton|tensorrt MODEL`.
 
-Exit codes: 0 ok, 2 bad configuration or arguments, 3 a validation gate failed, 4 bad data,
-5 a stage failed, 6 export parity failed, 130 interrupted.
+The only place that exits. Exit codes: 0 ok, 2 bad configuration or arguments, 3 a validation
+gate failed, 4 bad data, 5 a stage failed, 6 export parity failed, 7 no GPU or TensorRT for a
+GPU command, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
@@ -62,7 +64,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(data_check)
     data_check.add_argument("--json", action="store_true", help="print the result as JSON")
+    _add_serving_parsers(sub)
     return parser
+
+
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="a run folder, its 03_export folder, or an .onnx file")
+    p.add_argument(
+        "--artefact",
+        default="onnx",
+        help="which exported model of a run: onnx (default), onnx_int8 or onnx_fp16",
+    )
+
+
+def _add_serving_parsers(sub) -> None:
+    serve = sub.add_parser("serve", help="HTTP inference server (FastAPI, ONNX Runtime)")
+    _add_model_arg(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    serve.add_argument("--max-images", type=int, default=64, help="images per request")
+
+    triton = sub.add_parser("triton", help="write a Triton Inference Server model repository")
+    _add_model_arg(triton)
+    triton.add_argument("--out", type=Path, required=True, help="model repository folder")
+    triton.add_argument("--name", default="classifier", help="model name (its folder)")
+    triton.add_argument("--version", type=int, default=1)
+    triton.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
+    triton.add_argument("--instances", type=int, default=1, help="model instances per device")
+    triton.add_argument("--kind", choices=["cpu", "gpu"], default="gpu", help="instance kind")
+    triton.add_argument(
+        "--tensorrt", choices=["fp16", "fp32"], default=None,
+        help="let Triton's ONNX Runtime backend run the model through TensorRT",
+    )  # fmt: skip
+    triton.add_argument("--overwrite", action="store_true", help="replace an existing model")
+
+    trt = sub.add_parser("tensorrt", help="build a TensorRT engine and benchmark it (CUDA GPU)")
+    _add_model_arg(trt)
+    trt.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    trt.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes to time")
+    trt.add_argument("--engine", type=Path, default=None, help="engine file to write")
+    trt.add_argument("--iters", type=int, default=200)
 
 
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
@@ -124,12 +166,79 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from serving.artefacts import resolve_onnx
+    from serving.http import serve
+
+    serve(
+        resolve_onnx(args.model, args.artefact),
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        max_images=args.max_images,
+    )
+    return 0
+
+
+def _cmd_triton(args: argparse.Namespace) -> int:
+    from serving.artefacts import resolve_onnx
+    from serving.triton import write_repository
+
+    folder = write_repository(
+        resolve_onnx(args.model, args.artefact),
+        args.out,
+        name=args.name,
+        version=args.version,
+        overwrite=args.overwrite,
+        max_batch_size=args.max_batch,
+        instances=args.instances,
+        kind=args.kind,
+        tensorrt=args.tensorrt,
+    )
+    print(folder / "config.pbtxt")
+    return 0
+
+
+def _cmd_tensorrt(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from serving.artefacts import resolve_onnx
+    from serving.predictor import OrtPredictor
+    from serving.tensorrt import benchmark, build_engine, require_tensorrt
+
+    require_tensorrt()  # fail before anything is written
+    onnx_path = resolve_onnx(args.model, args.artefact)
+    engine = args.engine or onnx_path.with_suffix(f".{args.precision}.engine")
+    if args.engine is None and onnx_path.parent.name == "03_export":  # keep stage folders as made
+        engine = onnx_path.parent.parent / "tensorrt" / engine.name
+    engine.parent.mkdir(parents=True, exist_ok=True)
+    build_engine(onnx_path, engine, precision=args.precision, max_batch=max(args.batch))
+    ort = OrtPredictor(onnx_path)
+    size = int(ort.metadata.get("input_size", 32))
+    x = np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32)
+    res = benchmark(
+        engine, (3, size, size), args.batch, iters=args.iters,
+        reference=x, reference_logits=ort.run(x),
+    )  # fmt: skip
+    engine.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return {"run": _cmd_run, "check": _cmd_check, "data": _cmd_data}[args.command](args)
+        commands = {
+            "run": _cmd_run,
+            "check": _cmd_check,
+            "data": _cmd_data,
+            "serve": _cmd_serve,
+            "triton": _cmd_triton,
+            "tensorrt": _cmd_tensorrt,
+        }
+        return commands[args.command](args)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Idempotent set-up: a local virtual environment in .venv with the project and its test tools.
+# Idempotent set-up: a local virtual environment in .venv with the project, its HTTP/Triton
+# serving extra and its test tools.
 # Re-installs only when pyproject.toml changes. PYTHON selects the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,9 +11,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing the project and its dev tools into .venv (first time: a few minutes)" >&2
+    echo "setup: installing the project, its serving extra and dev tools into .venv (first time: a few minutes)" >&2
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -e ".[dev,serve]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

@@ -1,0 +1,193 @@
+"""A Triton Inference Server model repository from an exported ONNX model.
+
+    python -m pipeline triton runs/digits-resnet18 --out model_repository --kind gpu --tensorrt fp16
+    docker run --gpus all -p8000:8000 -p8001:8001 -v $PWD/model_repository:/models \\
+        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+
+Writes `<out>/<name>/config.pbtxt`, `<out>/<name>/<version>/model.onnx` and
+`<out>/<name>/labels.txt`. The configuration is built as tritonclient's `ModelConfig` protobuf,
+written with protobuf's text format and parsed back (which rejects any field Triton does not
+know), so a malformed config fails here, not at server start. Shapes, names and data types come
+from the ONNX graph: a dynamic batch axis gives `max_batch_size` and dynamic batching (Triton
+merges concurrent requests into one batch), a fixed one gives `max_batch_size: 0`. Triton serves
+the bare model: clients send preprocessed float32 NCHW tensors; the preprocessing (size, mean,
+std) is recorded under `parameters` for them to read from the model's config endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# ONNX TensorProto element types -> Triton data types
+_ONNX_TO_TRITON = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    5: "TYPE_INT16",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    16: "TYPE_BF16",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str
+    shape: tuple[int, ...]  # -1 for a dynamic axis, batch axis included
+
+
+def _model_config_pb2():
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except (ImportError, RuntimeError) as exc:
+        raise ConfigError(
+            "writing a Triton repository needs tritonclient's protobufs: "
+            "pip install -e '.[serve]' (tritonclient[grpc])"
+        ) from exc
+    return model_config_pb2, text_format
+
+
+def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str]]:
+    """Graph inputs (initialisers excluded), outputs and metadata of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+
+    def spec(v) -> TensorSpec:
+        t = v.type.tensor_type
+        if t.elem_type not in _ONNX_TO_TRITON:
+            raise ConfigError(
+                f"{path}: tensor {v.name!r} has ONNX type {t.elem_type}, which Triton lacks"
+            )
+        dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
+        return TensorSpec(v.name, _ONNX_TO_TRITON[t.elem_type], dims)
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in inits]
+    outputs = [spec(v) for v in model.graph.output]
+    meta = {p.key: p.value for p in model.metadata_props}
+    return inputs, outputs, meta
+
+
+def build_config(
+    path: Path,
+    name: str,
+    *,
+    max_batch_size: int = 64,
+    instances: int = 1,
+    kind: str = "cpu",
+    tensorrt: str | None = None,
+    max_queue_delay_us: int = 500,
+    labels: bool = True,
+):
+    """The ModelConfig protobuf for an ONNX file; see the module docstring."""
+    pb2, _ = _model_config_pb2()
+    if kind not in ("cpu", "gpu"):
+        raise ConfigError(f"instance kind {kind!r}: use 'cpu' or 'gpu'")
+    if tensorrt not in (None, "fp32", "fp16"):
+        raise ConfigError(f"tensorrt precision {tensorrt!r}: use fp16 or fp32 (or leave it out)")
+    if tensorrt and kind != "gpu":
+        raise ConfigError("the TensorRT accelerator runs on GPU instances: add --kind gpu")
+    if max_batch_size < 1 or instances < 1:
+        raise ConfigError("max_batch_size and instances must be at least 1")
+    inputs, outputs, meta = onnx_io(path)
+    batched = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
+    if not batched:
+        log.warning(
+            "%s has a fixed batch axis: max_batch_size 0 and no dynamic batching; re-export "
+            "with a dynamic batch axis to let Triton batch requests",
+            path,
+        )
+    cfg = pb2.ModelConfig(name=name, platform="onnxruntime_onnx")
+    cfg.max_batch_size = max_batch_size if batched else 0
+    for t in inputs:
+        cfg.input.add(
+            name=t.name,
+            data_type=pb2.DataType.Value(t.data_type),
+            dims=list(t.shape[1:] if batched else t.shape),
+        )
+    for t in outputs:
+        out = cfg.output.add(
+            name=t.name,
+            data_type=pb2.DataType.Value(t.data_type),
+            dims=list(t.shape[1:] if batched else t.shape),
+        )
+        if labels and "classes" in meta:
+            out.label_filename = "labels.txt"
+    cfg.instance_group.add(
+        count=instances,
+        kind=pb2.ModelInstanceGroup.Kind.Value("KIND_GPU" if kind == "gpu" else "KIND_CPU"),
+    )
+    if batched:
+        preferred = [b for b in (8, 16, 32, 64) if b <= max_batch_size] or [max_batch_size]
+        cfg.dynamic_batching.preferred_batch_size.extend(preferred)
+        cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
+    if tensorrt:
+        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = tensorrt.upper()
+        acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    for key in ("input_size", "resize", "mean", "std", "classes"):
+        if key in meta:
+            cfg.parameters[key].string_value = meta[key]
+    return cfg
+
+
+def write_repository(
+    onnx_path: str | Path,
+    out: str | Path,
+    *,
+    name: str = "classifier",
+    version: int = 1,
+    overwrite: bool = False,
+    **config_kwargs: Any,
+) -> Path:
+    """Write (or replace, with overwrite) one model of a repository; returns the model folder."""
+    pb2, text_format = _model_config_pb2()
+    src = Path(onnx_path)
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"model name {name!r}: use a plain folder name such as 'classifier'")
+    if version < 1:
+        raise ConfigError("Triton model versions are positive integers")
+    model_dir = Path(out) / name
+    if model_dir.exists() and not overwrite:
+        raise ConfigError(f"{model_dir} already exists; pass --overwrite to replace it")
+    cfg = build_config(src, name, **config_kwargs)
+    text = text_format.MessageToString(cfg)
+    # Parse back: unknown fields or wrong types would raise here, as Triton would at load time.
+    parsed = text_format.Parse(text, pb2.ModelConfig())
+    if parsed != cfg:
+        raise RuntimeError("config.pbtxt does not round-trip through ModelConfig")
+    staging = model_dir.with_name(f".{name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / str(version)).mkdir(parents=True)
+    shutil.copyfile(src, staging / str(version) / "model.onnx")
+    (staging / "config.pbtxt").write_text(text)
+    _, _, meta = onnx_io(src)
+    if any(o.label_filename for o in cfg.output):
+        classes = json.loads(meta["classes"])
+        (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    staging.rename(model_dir)  # the model appears complete or not at all
+    log.info("Triton model %r written to %s", name, model_dir)
+    return model_dir
+
+
+def read_config(model_dir: str | Path):
+    """Parse a model folder's config.pbtxt with Triton's schema (a validator without a server)."""
+    pb2, text_format = _model_config_pb2()
+    return text_format.Parse((Path(model_dir) / "config.pbtxt").read_text(), pb2.ModelConfig())
