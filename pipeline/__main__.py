@@ -214,12 +214,12 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
     engine.parent.mkdir(parents=True, exist_ok=True)
     build_engine(onnx_path, engine, precision=args.precision, max_batch=max(args.batch))
     ort = OrtPredictor(onnx_path)
-    size = int(ort.metadata.get("input_size", 32))
-    x = np.random.default_rng(0).standard_normal((16, 3, size, size)).astype(np.float32)
+    shape = tuple(ort.session.get_inputs()[0].shape[1:])  # fixed C, H, W (checked by the build)
+    n = min(16, max(args.batch))  # within the engine's batch profile
+    x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
     res = benchmark(
-        engine, (3, size, size), args.batch, iters=args.iters,
-        reference=x, reference_logits=ort.run(x),
-    )  # fmt: skip
+        engine, shape, args.batch, iters=args.iters, reference=x, reference_logits=ort.run(x)
+    )
     engine.with_suffix(".json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
