@@ -324,3 +324,18 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
     )  # fmt: skip
     assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["max_abs_diff"] < 1e-3
     assert res["batch_8"]["images_per_s"] > 0
+
+
+@needs_http
+def test_http_benchmark_script_runs(tiny_model):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "benchmarks/serve_http.py", str(tiny_model), "--requests", "3"],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("batch")]
+    assert len(lines) == 2 and all("HTTP/in-process" in ln for ln in lines)
