@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
     args.out.mkdir(parents=True, exist_ok=True)
     base = base_overrides(args)
     results: dict[str, dict[int, dict]] = {}
