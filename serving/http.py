@@ -195,7 +195,7 @@ def create_app(
                 f"Content-Type {ctype!r} is not an image; send multipart/form-data with file "
                 "fields, or the raw image bytes with Content-Type image/*",
             )
-        data = b""
+        data = bytearray()
         async for chunk in request.stream():
             data += chunk
             if len(data) > limit:
@@ -204,7 +204,7 @@ def create_app(
             raise HTTPException(
                 400, "empty request body; send an image (raw bytes or multipart file fields)"
             )
-        return [("body", data)]
+        return [("body", bytes(data))]
 
     return app
 
