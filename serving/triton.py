@@ -176,9 +176,8 @@ def write_repository(
     (staging / str(version)).mkdir(parents=True)
     shutil.copyfile(src, staging / str(version) / "model.onnx")
     (staging / "config.pbtxt").write_text(text)
-    _, _, meta = onnx_io(src)
-    if any(o.label_filename for o in cfg.output):
-        classes = json.loads(meta["classes"])
+    if any(o.label_filename for o in cfg.output):  # set only when the metadata has classes
+        classes = json.loads(cfg.parameters["classes"].string_value)
         (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
     if model_dir.exists():
         shutil.rmtree(model_dir)

@@ -33,6 +33,13 @@ def _train(tiny_overrides, extra: list[str]):
     return cfg, run_pipeline(cfg, only="train")["train"]
 
 
+def _named_checkpoint(tiny_overrides) -> tuple:
+    """The partial train folder and the checkpoint its manifest names as the last good one."""
+    cfg = load_config(None, [*tiny_overrides, *SMALL])
+    work = cfg.run_path / "01_train.partial"
+    return work, json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+
+
 def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
     extra = [
         "train.mixed_precision=bf16",
@@ -91,9 +98,7 @@ def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monk
         StageError, match=r"non-finite loss at epoch 1, batch 5 \(optimizer step 5\)"
     ):
         _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
-    cfg = load_config(None, [*tiny_overrides, *SMALL])
-    work = cfg.run_path / "01_train.partial"
-    named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+    work, named = _named_checkpoint(tiny_overrides)
     assert (
         named["step"] == 4
         and (work / "checkpoints" / named["name"] / "trainer_state.json").is_file()
@@ -138,9 +143,7 @@ def test_full_disk_gives_stage_error_and_keeps_last_checkpoint(tiny_overrides, m
         StageError, match=r"cannot write checkpoint .*No space left.*last good checkpoint"
     ):
         _train(tiny_overrides, ["train.checkpoint_every_steps=2"])
-    cfg = load_config(None, [*tiny_overrides, *SMALL])
-    work = cfg.run_path / "01_train.partial"
-    named = json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+    work, named = _named_checkpoint(tiny_overrides)
     assert named["step"] == 2 and (work / "checkpoints" / named["name"]).is_dir()
     assert not any(
         p.name.startswith(".tmp") and (p / "trainer_state.json").exists()
