@@ -26,7 +26,10 @@ from pipeline.training.host_memory import reuse_freed_memory
 
 def build(method_name: str, args: argparse.Namespace, num_classes: int):
     method = create_method(method_name, DistillConfig(), num_classes=num_classes, epochs=200)
-    backbone = create_model(args.model, num_classes=num_classes, stem="cifar", width=args.width)
+    backbone = create_model(
+        args.model, num_classes=num_classes, stem="cifar", width=args.width,
+        feature_taps=method.needs_features,
+    )  # fmt: skip
     model = SelfDistillModel(backbone, method.build_aux(backbone))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

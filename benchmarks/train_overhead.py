@@ -32,13 +32,16 @@ def plain_epoch(model, optimizer, loader) -> float:
 
 
 def main() -> None:
-    from pipeline.artifacts import Manifest
     from pipeline.config import load_config
     from pipeline.data import build_data, make_loader
-    from pipeline.train import build_model, make_optimizer
     from pipeline.training import accel
     from pipeline.training.checkpoint import Checkpointer, TrainerState
+    from pipeline.training.fit import make_optimizer
     from pipeline.training.loop import StopFlag, Trainer, train_one_epoch
+    from pipeline.training.model import build_training_model, model_spec
+
+    def build_model(cfg, bundle):
+        return build_training_model(model_spec(cfg, bundle), cfg.train.distill, cfg.train.epochs)
 
     p = argparse.ArgumentParser()
     p.add_argument("--width", type=float, default=0.25)
@@ -56,7 +59,6 @@ def main() -> None:
     plain_loader = make_loader(bundle.train, args.batch, shuffle=True, workers=cfg.data.num_workers)
 
     work = Path(tempfile.mkdtemp())
-    Manifest(stage="train", key="bench").write(work)
     acc = accel.make_accelerator(cfg.train, work)
     torch.manual_seed(0)
     model, method = build_model(cfg, bundle)

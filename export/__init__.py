@@ -1,1 +1,2 @@
-"""Export: torch -> ONNX, then ONNX Runtime and TensorRT back ends."""
+"""Builders: torch -> ONNX (onnx), FP16/INT8 variants (quantize, variants), TensorRT engines
+(tensorrt) and Triton model repositories (triton). Heavy back ends are imported when used."""

@@ -1,8 +1,10 @@
-"""Command line: `python -m pipeline run|check|data CONFIG` and `serve|triton|tensorrt MODEL`.
+"""Command line: `python -m pipeline run|check|data CONFIG`, `report RUN` and
+`serve|triton|tensorrt MODEL`.
 
-The only place that exits. Exit codes: 0 ok, 2 bad configuration or arguments, 3 a validation
-gate failed, 4 bad data, 5 a stage failed, 6 export parity failed, 7 no GPU or TensorRT for a
-GPU command, 130 interrupted.
+The only place that exits; each command parses, sets up logging and calls library code. Exit
+codes come from the error tree (`pipeline.errors`): 0 ok, 2 bad configuration or arguments,
+3 a validation gate failed, 4 bad data, 5 a stage failed, 6 export parity failed, 7 no GPU or
+TensorRT for a GPU command, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from pipeline.config import STAGES
-from pipeline.errors import PipelineError
+from pipeline.errors import INTERRUPTED_EXIT_CODE, PipelineError
+from pipeline.stages import NAMES as STAGES
 
 log = logging.getLogger("pipeline")
 
@@ -64,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(data_check)
     data_check.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    report = sub.add_parser(
+        "report", help="rebuild report.md / report.json of a run from its manifests"
+    )
+    report.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/digits-resnet18")
     _add_serving_parsers(sub)
     return parser
 
 
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="a run folder, its 03_export folder, or an .onnx file")
+    p.add_argument("model", type=Path, help="a run folder, its export folder, or an .onnx file")
     p.add_argument(
         "--artefact",
         default="onnx",
@@ -137,7 +144,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.config import load_config
-    from pipeline.data.check import format_data_check, run_data_check
+    from pipeline.training.data_check import format_data_check, run_data_check
 
     cfg = load_config(args.config, args.overrides)
     result = run_data_check(cfg)
@@ -166,6 +173,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.report import write_report
+
+    config = args.run_dir / "config.yaml"
+    if not config.is_file():
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(f"{args.run_dir} is not a run folder ({config} is missing)")
+    write_report(args.run_dir, load_config(config))
+    print(args.run_dir / "report.md")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.artefacts import resolve_onnx
     from serving.http import serve
@@ -181,8 +202,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
+    from export.triton import write_repository
     from serving.artefacts import resolve_onnx
-    from serving.triton import write_repository
 
     folder = write_repository(
         resolve_onnx(args.model, args.artefact),
@@ -200,27 +221,16 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 
 
 def _cmd_tensorrt(args: argparse.Namespace) -> int:
-    import numpy as np
-
+    from export.tensorrt import build_and_benchmark
     from serving.artefacts import resolve_onnx
-    from serving.predictor import OrtPredictor
-    from serving.tensorrt import benchmark, build_engine, require_tensorrt
 
-    require_tensorrt()  # fail before anything is written
-    onnx_path = resolve_onnx(args.model, args.artefact)
-    engine = args.engine or onnx_path.with_suffix(f".{args.precision}.engine")
-    if args.engine is None and onnx_path.parent.name == "03_export":  # keep stage folders as made
-        engine = onnx_path.parent.parent / "tensorrt" / engine.name
-    engine.parent.mkdir(parents=True, exist_ok=True)
-    build_engine(onnx_path, engine, precision=args.precision, max_batch=max(args.batch))
-    ort = OrtPredictor(onnx_path)
-    shape = tuple(ort.session.get_inputs()[0].shape[1:])  # fixed C, H, W (checked by the build)
-    n = min(16, max(args.batch))  # within the engine's batch profile
-    x = np.random.default_rng(0).standard_normal((n, *shape)).astype(np.float32)
-    res = benchmark(
-        engine, shape, args.batch, iters=args.iters, reference=x, reference_logits=ort.run(x)
+    res = build_and_benchmark(
+        resolve_onnx(args.model, args.artefact),
+        args.engine,
+        precision=args.precision,
+        batches=args.batch,
+        iters=args.iters,
     )
-    engine.with_suffix(".json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
     return 0
 
@@ -234,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": _cmd_run,
             "check": _cmd_check,
             "data": _cmd_data,
+            "report": _cmd_report,
             "serve": _cmd_serve,
             "triton": _cmd_triton,
             "tensorrt": _cmd_tensorrt,
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             "interrupted; finished stages and the last training checkpoint are kept. Resume with the same command: %s",
             again,
         )
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
 
 if __name__ == "__main__":

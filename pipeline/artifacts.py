@@ -1,8 +1,9 @@
-"""Manifests, stage keys, file hashes and atomic folder commits.
+"""Manifests, stage keys, file hashes, atomic folder commits and the typed stage interface.
 
 Every stage folder holds a `manifest.json`; a stage is complete only when its folder carries a
 manifest with status "complete", so a crash can never leave a half-written artefact that looks
-finished.
+finished. Only the runner writes manifests. Code outside the runner finds a stage's folder by
+the stage name its manifest records (`find_stage`), never by folder name or number.
 """
 
 from __future__ import annotations
@@ -13,12 +14,42 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+PARTIAL_SUFFIX = ".partial"
+CHECKPOINT_INDEX = "checkpoints/index.json"  # a resumable stage's commit point
+
+
+@dataclass
+class StageResult:
+    """What a stage's run function returns: metrics for the manifest and extra records."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """What every stage may read besides its inputs: the config, the run folder and the data.
+
+    The data is built on first use (`load_data`), once per run, and shared by all stages.
+    """
+
+    cfg: Any  # pipeline.config.PipelineConfig
+    run_dir: Path
+    load_data: Callable[[], Any]
+    _data: Any = field(default=None, repr=False)
+
+    @property
+    def data(self) -> Any:
+        if self._data is None:
+            self._data = self.load_data()
+        return self._data
 
 
 @dataclass
@@ -68,6 +99,36 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         write_text_atomic(folder / MANIFEST, self.to_json())
+
+
+def find_stage(
+    run_dir: Path, stage: str, statuses: tuple[str, ...] = ("complete",)
+) -> Manifest | None:
+    """The finished manifest of `stage` in a run folder, found by the name it records."""
+    for p in sorted(Path(run_dir).glob(f"*/{MANIFEST}")):
+        if p.parent.name.endswith(PARTIAL_SUFFIX) or p.parent.name.startswith("."):
+            continue
+        m = Manifest.load(p.parent)
+        if m is not None and m.stage == stage and m.status in statuses:
+            return m
+    return None
+
+
+def read_checkpoint_index(work: Path) -> dict[str, Any]:
+    """A resumable stage's checkpoint index (`{"checkpoint": {...}, "checkpoints": [...]}`),
+    empty when it has none. The runner copies it into the manifest as the record of what the
+    stage resumed from."""
+    from pipeline.errors import StageError
+
+    p = Path(work) / CHECKPOINT_INDEX
+    if not p.is_file():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise StageError(
+            f"{p} is corrupt ({exc}); delete {work} or pass --force to start the stage over"
+        ) from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

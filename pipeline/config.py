@@ -15,7 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipeline.errors import ConfigError
 
-STAGES: tuple[str, ...] = ("train", "prune", "export", "validate")
+
+def _choices(names) -> str:
+    """A registry's names as an error message lists them: 'a', 'b', 'c'."""
+    return ", ".join(repr(n) for n in sorted(names))
 
 
 class Strict(BaseModel):
@@ -23,16 +26,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: Literal[
-        "digits",
-        "imagefolder",
-        "cifar10",
-        "cifar100",
-        "tiny_imagenet",
-        "cub200",
-        "mit67",
-        "stanford_dogs",
-    ] = "digits"
+    name: str = Field("digits", description="data source (registry: pipeline.data.sources)")
     root: Path | None = Field(None, description="data set folder; unused by the embedded digits")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="carved from train, stratified")
     test_fraction: float = Field(
@@ -57,6 +51,15 @@ class DataConfig(Strict):
         "auto", description="decode image files once into memory; auto = when below cache_max_gib"
     )
     cache_max_gib: float = Field(2.0, gt=0.0, description="decoded-size limit for cache=auto")
+
+    @field_validator("name")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from pipeline.data import SOURCES
+
+        if v not in SOURCES:
+            raise ValueError(f"unknown data source {v!r}; allowed: {_choices(SOURCES)}")
+        return v
 
     @model_validator(mode="after")
     def _root_exists(self) -> DataConfig:
@@ -121,7 +124,7 @@ class DistillConfig(Strict):
 
 
 class TrainConfig(Strict):
-    method: Literal["ce", "frskd", "ama"] = "ce"
+    method: str = Field("ce", description="training method (registry: pipeline.distill)")
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(128, ge=1, description="global batch")
     lr: float = Field(0.1, gt=0.0, description="learning rate at lr_reference_batch")
@@ -166,8 +169,31 @@ class TrainConfig(Strict):
     max_nan_skips: int = Field(
         10, ge=0, description="with on_nan=skip: stop after more skipped steps"
     )
-    tracker: Literal["none", "tensorboard"] = "none"
+    tracker: str = Field(
+        "none",
+        description="experiment tracker through Accelerate (tensorboard, wandb, mlflow, ...); "
+        "logs go under the train stage's folder where the tracker keeps files locally",
+    )
     distill: DistillConfig = DistillConfig()
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from pipeline.distill import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {_choices(METHODS)}")
+        return v
+
+    @field_validator("tracker")
+    @classmethod
+    def _known_tracker(cls, v: str) -> str:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # Accelerate's tracker registry
+
+        allowed = ["none", *sorted(LOGGER_TYPE_TO_CLASS)]
+        if v not in allowed:
+            raise ValueError(f"unknown tracker {v!r}; allowed: {_choices(allowed)}")
+        return v
 
     @field_validator("milestones")
     @classmethod
@@ -206,12 +232,22 @@ class ExportConfig(Strict):
     atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
     min_top1_agreement: float = Field(0.999, ge=0.0, le=1.0)
     parity_samples: int = Field(512, ge=1)
-    formats: list[Literal["onnx_fp16", "onnx_int8"]] = Field(
-        ["onnx_int8"], description="ONNX Runtime variants made beside the FP32 model"
+    formats: list[str] = Field(
+        ["onnx_int8"], description="variants made beside the FP32 model (registry: export.variants)"
     )
     calibration_samples: int = Field(
         256, ge=8, description="train images (eval transform) for INT8"
     )
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from export.variants import VARIANTS
+
+        for name in v:
+            if name not in VARIANTS:
+                raise ValueError(f"unknown export format {name!r}; allowed: {_choices(VARIANTS)}")
+        return v
 
 
 class LatencyConfig(Strict):
@@ -256,12 +292,10 @@ class PipelineConfig(Strict):
     def run_path(self) -> Path:
         return self.run_dir / self.name
 
-    def stage_config(self, stage: str) -> dict[str, Any]:
-        """The part of the config a stage's key depends on."""
+    def sections(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """These top-level sections as plain JSON data (what a stage's key depends on)."""
         dump = self.model_dump(mode="json", by_alias=True)
-        if stage == "train":
-            return {k: dump[k] for k in ("data", "model", "train")}
-        return {stage: dump[stage]}
+        return {k: dump[k] for k in names}
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:

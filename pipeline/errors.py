@@ -1,4 +1,17 @@
-"""One error tree for the whole pipeline; the CLI maps each class to an exit code."""
+"""One error tree for the whole pipeline; the CLI maps each class to an exit code.
+
+    PipelineError (1: an unexpected internal fault; never raised bare)
+    +-- ConfigError (2)          bad configuration, arguments or paths given by the user
+    +-- GateFailed (3)           a validation gate failed; everything measured is kept
+    +-- DataError (4)            missing data, wrong layout, unreadable images
+    +-- StageError (5)           a stage could not run or finish
+    |   +-- ExportParityError (6)  an exported model disagrees with torch
+    +-- GpuUnavailable (7)       a GPU command without a CUDA device or TensorRT
+
+    130: interrupted (Ctrl-C, SIGTERM); finished stages and checkpoints are kept
+
+Every message says what was wrong, where, and what to do.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +26,16 @@ class ConfigError(PipelineError):
     exit_code = 2
 
 
+class GateFailed(PipelineError):
+    """A gate failed; `result` (a StageResult) carries what was measured so it is recorded."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 class DataError(PipelineError):
     exit_code = 4
 
@@ -25,5 +48,22 @@ class ExportParityError(StageError):
     exit_code = 6
 
 
-class GateFailed(PipelineError):
-    exit_code = 3
+class GpuUnavailable(PipelineError):
+    """TensorRT or a CUDA device is missing; the message names which and the fix."""
+
+    exit_code = 7
+
+
+EXIT_CODES: dict[str, int] = {
+    cls.__name__: cls.exit_code
+    for cls in (
+        PipelineError,
+        ConfigError,
+        GateFailed,
+        DataError,
+        StageError,
+        ExportParityError,
+        GpuUnavailable,
+    )
+}
+INTERRUPTED_EXIT_CODE = 130

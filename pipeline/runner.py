@@ -1,7 +1,9 @@
-"""Orders the stages, computes their keys, skips cache hits and commits each stage folder.
+"""Orders the stages from the stage table, computes their keys, skips cache hits, commits each
+stage folder, and writes the report once validation has run.
 
-A stage's key hashes its own config, its inputs' keys, the data fingerprint and the package
-version, so changing one stage's settings re-runs it and everything after it, never before.
+A stage's key hashes its own config sections, its inputs' keys, the data fingerprint and the
+package version, so changing one stage's settings re-runs it and everything after it, never
+before. Only this module writes manifests.
 """
 
 from __future__ import annotations
@@ -9,71 +11,52 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import cached_property
-from importlib import import_module
 from pathlib import Path
-from typing import Any
 
-from pipeline import __version__
-from pipeline.artifacts import Manifest, commit_dir, environment, hash_files, stage_key
-from pipeline.config import STAGES, PipelineConfig, dump_config
+from pipeline import __version__, stages
+from pipeline.artifacts import (
+    PARTIAL_SUFFIX,
+    Manifest,
+    StageContext,
+    StageResult,
+    commit_dir,
+    environment,
+    hash_files,
+    read_checkpoint_index,
+    stage_key,
+)
+from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import ConfigError, DataError, GateFailed, StageError
 
 log = logging.getLogger("pipeline")
 
-# stage -> the stages whose manifests it reads
-STAGE_INPUTS: dict[str, tuple[str, ...]] = {
-    "train": (),
-    "prune": ("train",),
-    "export": ("prune",),
-    "validate": ("prune", "export"),
-}
-STAGE_MODULES = {
-    "train": "pipeline.train",
-    "prune": "pipeline.prune",
-    "export": "export.onnx",
-    "validate": "pipeline.validate",
-}
+
+def make_context(cfg: PipelineConfig) -> StageContext:
+    from pipeline.data import build_data
+
+    return StageContext(cfg=cfg, run_dir=cfg.run_path, load_data=lambda: build_data(cfg.data))
 
 
-@dataclass
-class StageResult:
-    metrics: dict[str, Any] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RunContext:
-    cfg: PipelineConfig
-    run_dir: Path
-
-    @cached_property
-    def data(self):
-        from pipeline.data import build_data
-
-        return build_data(self.cfg.data)
-
-
-StageFn = Callable[[PipelineConfig, Mapping[str, Manifest], Path, RunContext], StageResult]
-
-
-def stage_folder(run_dir: Path, stage: str) -> Path:
-    return run_dir / f"{STAGES.index(stage) + 1:02d}_{stage}"
+def key_of(stage: str, cfg: PipelineConfig, inputs: dict[str, Manifest], data_fp: str) -> str:
+    """The one place a stage key is computed."""
+    s = stages.get(stage)
+    return stage_key(
+        stage, cfg.sections(s.config), {n: m.key for n, m in inputs.items()}, data_fp, __version__
+    )
 
 
 def _selected(only: str | None, from_stage: str | None) -> list[str]:
-    for name, value in (("--only", only), ("--from", from_stage)):
-        if value is not None and value not in STAGES:
-            raise ConfigError(f"{name} {value!r}: unknown stage; allowed: {', '.join(STAGES)}")
+    names = stages.NAMES
+    for flag, value in (("--only", only), ("--from", from_stage)):
+        if value is not None and value not in names:
+            raise ConfigError(f"{flag} {value!r}: unknown stage; allowed: {', '.join(names)}")
     if only and from_stage:
         raise ConfigError("--only and --from cannot be combined; use one of them")
     if only:
         return [only]
     if from_stage:
-        return list(STAGES[STAGES.index(from_stage) :])
-    return list(STAGES)
+        return list(names[names.index(from_stage) :])
+    return list(names)
 
 
 def run_pipeline(
@@ -85,49 +68,66 @@ def run_pipeline(
 ) -> dict[str, Manifest]:
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
-    forced = set(STAGES) if force else set(selected if from_stage else [])
+    forced = set(stages.NAMES) if force else set(selected if from_stage else [])
     if _is_secondary_rank():
         return _train_as_secondary_rank(cfg, selected, forced)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
-    ctx = RunContext(cfg=cfg, run_dir=run_dir)
+    ctx = make_context(cfg)
     _check_model_fits_data(cfg, ctx.data)
     data_fp = ctx.data.fingerprint
     manifests: dict[str, Manifest] = {}
-    for stage in STAGES:
-        inputs = {s: manifests[s] for s in STAGE_INPUTS[stage] if s in manifests}
-        key = stage_key(
-            stage,
-            cfg.stage_config(stage),
-            {s: m.key for s, m in inputs.items()},
-            data_fp,
-            __version__,
-        )
-        folder = stage_folder(run_dir, stage)
+    try:
+        _run_stages(selected, forced, ctx, data_fp, manifests)
+    except GateFailed:
+        _write_report(run_dir, cfg)  # everything measured is reported before the failure
+        raise
+    if "validate" in manifests and "validate" in selected:
+        _write_report(run_dir, cfg)
+    return manifests
+
+
+def _run_stages(
+    selected: list[str],
+    forced: set[str],
+    ctx: StageContext,
+    data_fp: str,
+    manifests: dict[str, Manifest],
+) -> None:
+    cfg, run_dir = ctx.cfg, ctx.run_dir
+    last_selected = max(stages.NAMES.index(s) for s in selected)
+    for stage in stages.TABLE:
+        name = stage.name
+        inputs = {s: manifests[s] for s in stage.inputs if s in manifests}
+        key = key_of(name, cfg, inputs, data_fp)
+        folder = stages.folder(run_dir, name)
         existing = Manifest.load(folder)
-        if stage not in selected:
+        if name not in selected:
             if existing is None or not existing.complete:
-                if STAGES.index(stage) < max(STAGES.index(s) for s in selected):
+                if stages.NAMES.index(name) < last_selected:
                     raise StageError(
-                        f"stage {stage!r} has no completed output in {folder}; "
+                        f"stage {name!r} has no completed output in {folder}; "
                         f"run it first (drop --only/--from)"
                     )
                 continue
             if existing.key != key:
-                log.warning(
-                    "%s: using earlier output whose settings differ from this config", stage
-                )
-            manifests[stage] = existing
+                log.warning("%s: using earlier output whose settings differ from this config", name)
+            manifests[name] = existing
             continue
-        if existing and existing.complete and existing.key == key and stage not in forced:
-            log.info("%s: up to date (key %s), skipped", stage, key)
-            manifests[stage] = existing
+        if existing and existing.complete and existing.key == key and name not in forced:
+            log.info("%s: up to date (key %s), skipped", name, key)
+            manifests[name] = existing
             continue
-        if stage in forced:
+        if name in forced:
             _discard_partial(folder)  # --force/--from mean "from scratch", not "resume"
-        manifests[stage] = _run_stage(stage, key, cfg, inputs, folder, ctx, data_fp)
-    return manifests
+        manifests[name] = _run_stage(name, key, inputs, folder, ctx, data_fp)
+
+
+def _write_report(run_dir: Path, cfg: PipelineConfig) -> None:
+    from pipeline.report import write_report
+
+    write_report(run_dir, cfg)
 
 
 def _check_model_fits_data(cfg: PipelineConfig, data) -> None:
@@ -158,25 +158,27 @@ def _train_as_secondary_rank(
     """
     if "train" not in selected:
         return {}
-    ctx = RunContext(cfg=cfg, run_dir=cfg.run_path)
-    key = stage_key("train", cfg.stage_config("train"), {}, ctx.data.fingerprint, __version__)
-    folder = stage_folder(cfg.run_path, "train")
+    ctx = make_context(cfg)
+    key = key_of("train", cfg, {}, ctx.data.fingerprint)
+    folder = stages.folder(cfg.run_path, "train")
     existing = Manifest.load(folder)
     if existing and existing.complete and existing.key == key and "train" not in forced:
         return {}
-    import_module(STAGE_MODULES["train"]).run(
-        cfg, {}, folder.with_name(folder.name + ".partial"), ctx
-    )
+    stages.get("train").run(cfg, {}, _partial(folder), ctx)
     return {}
 
 
+def _partial(folder: Path) -> Path:
+    return folder.with_name(folder.name + PARTIAL_SUFFIX)
+
+
 def _discard_partial(folder: Path) -> None:
-    shutil.rmtree(folder.with_name(folder.name + ".partial"), ignore_errors=True)
+    shutil.rmtree(_partial(folder), ignore_errors=True)
 
 
 def _work_folder(folder: Path, key: str) -> Path:
     """The stage's working folder; kept across crashes so a long stage can resume from it."""
-    work = folder.with_name(folder.name + ".partial")
+    work = _partial(folder)
     previous = Manifest.load(work)
     if work.exists() and (previous is None or previous.key != key):
         shutil.rmtree(work)
@@ -187,36 +189,33 @@ def _work_folder(folder: Path, key: str) -> Path:
 def _run_stage(
     stage: str,
     key: str,
-    cfg: PipelineConfig,
     inputs: dict[str, Manifest],
     folder: Path,
-    ctx: RunContext,
+    ctx: StageContext,
     data_fp: str,
 ) -> Manifest:
+    cfg = ctx.cfg
     work = _work_folder(folder, key)
-    manifest = Manifest.load(work) or Manifest(stage=stage, key=key)
-    manifest.config = cfg.stage_config(stage)
+    manifest = Manifest(stage=stage, key=key)
+    manifest.config = cfg.sections(stages.get(stage).config)
     manifest.inputs = {s: m.key for s, m in inputs.items()}
     manifest.data = ctx.data.summary() if stage == "train" else {"fingerprint": data_fp}
     manifest.environment = environment()
     manifest.seed = cfg.train.seed
     manifest.started = time.time()
     manifest.status = "running"
-    manifest.write(work)
+    manifest.write(work)  # marks the work folder as this key's: a crash keeps it for resuming
     log.info("%s: running (key %s)", stage, key)
-    fn: StageFn = import_module(STAGE_MODULES[stage]).run
     t0 = time.perf_counter()
     gate_error: GateFailed | None = None
     try:
-        result = fn(cfg, inputs, work, ctx)
+        result = stages.get(stage).run(cfg, inputs, work, ctx)
     except GateFailed as exc:
         gate_error = exc
-        result = (
-            exc.result if isinstance(getattr(exc, "result", None), StageResult) else StageResult()
-        )
-    manifest = Manifest.load(work) or manifest  # the stage may have recorded progress
+        result = exc.result if isinstance(exc.result, StageResult) else StageResult()
     manifest.metrics = result.metrics
     manifest.extra.update(result.extra)
+    manifest.extra.update(read_checkpoint_index(work))
     manifest.files = hash_files(work)
     manifest.ended = time.time()
     manifest.duration_s = round(time.perf_counter() - t0, 3)

@@ -4,18 +4,24 @@
     resolve_onnx("runs/digits-resnet18/03_export", "onnx_int8")
     resolve_onnx("model.onnx")                           # any ONNX file
 
-The export stage's manifest names each artefact (`extra.artefacts`), so the lookup never
-guesses from file names.
+The export stage's manifest names each artefact (`extra.artefacts`), and a run's export folder is
+found by the stage name its manifest records, so the lookup never guesses from folder or file
+names.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from pipeline.artifacts import Manifest, find_stage
 from pipeline.errors import ConfigError
 
-EXPORT_FOLDER = "03_export"
+
+def _export_manifest(p: Path) -> Manifest | None:
+    here = Manifest.load(p)
+    if here is not None and here.stage == "export" and here.complete:
+        return here
+    return find_stage(p, "export")
 
 
 def resolve_onnx(path: str | Path, artefact: str = "onnx") -> Path:
@@ -25,22 +31,26 @@ def resolve_onnx(path: str | Path, artefact: str = "onnx") -> Path:
             raise ConfigError(f"{p} is not an .onnx file; pass a model.onnx, or a run folder")
         return p
     if not p.exists():
-        raise ConfigError(f"{p} does not exist; pass a run folder, its 03_export, or an .onnx file")
-    folder = p / EXPORT_FOLDER if (p / EXPORT_FOLDER).is_dir() else p
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
         raise ConfigError(
-            f"{p} holds no finished export ({manifest} is missing); run "
+            f"{p} does not exist; pass a run folder, its export folder, or an .onnx file"
+        )
+    manifest = _export_manifest(p)
+    if manifest is None:
+        raise ConfigError(
+            f"{p} holds no finished export stage (no manifest.json of a complete export); run "
             "`python -m pipeline run CONFIG` through the export stage first, or pass an .onnx file"
         )
-    arts = json.loads(manifest.read_text()).get("extra", {}).get("artefacts", {})
+    arts = manifest.extra.get("artefacts", {})
     if artefact not in arts:
         known = ", ".join(sorted(arts)) or "none"
         raise ConfigError(
-            f"the export in {folder} has no {artefact!r} artefact (it has: {known}); pick one of "
-            "those, or add it to export.formats and re-run the export stage"
+            f"the export in {manifest.folder} has no {artefact!r} artefact (it has: {known}); pick "
+            "one of those, or add it to export.formats and re-run the export stage"
         )
-    out = folder / arts[artefact]
+    out = manifest.path(arts[artefact])
     if not out.is_file():
-        raise ConfigError(f"{out} is listed in {manifest} but missing; re-run the export stage")
+        raise ConfigError(
+            f"{out} is listed in {manifest.folder / 'manifest.json'} but missing; re-run the export "
+            "stage (`--from export`)"
+        )
     return out

@@ -1,45 +1,57 @@
-"""Latency and throughput measurement shared by validation and the serving benchmarks.
-
-Warm-up first (allocators, thread pools and lazy kernels), then one timed call per sample, so
-the percentiles describe single requests, not an average hiding the tail.
-"""
+"""Benchmarks of the serving back ends: TensorRT engine latency and throughput per batch size
+on a CUDA GPU. Timing of any callable lives in `pipeline.timing` (numpy only)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-
-def latency(fn: Callable[[], Any], *, warmup: int, iters: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        samples[i] = time.perf_counter() - t0
-    ms = samples * 1000.0
-    return {
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
-        "mean": float(ms.mean()),
-        "iters": iters,
-    }
+from serving.predictor import TrtPredictor
 
 
-def throughput(fn: Callable[[], Any], batch: int, *, warmup: int, iters: int) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    elapsed = time.perf_counter() - t0
-    return {
-        "batch": batch,
-        "images_per_s": batch * iters / elapsed,
-        "batch_ms": 1000.0 * elapsed / iters,
-    }
+def benchmark_engine(
+    engine_path: str | Path,
+    shape: tuple[int, int, int],
+    batches: list[int],
+    *,
+    warmup: int = 20,
+    iters: int = 200,
+    reference: np.ndarray | None = None,
+    reference_logits: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """GPU latency (CUDA-synchronised per call) and throughput per batch size; parity if given.
+
+    `reference` is a float32 NCHW batch and `reference_logits` the ONNX Runtime logits for it.
+    """
+    runner = TrtPredictor(engine_path)
+    torch = runner.torch
+    dev = torch.device("cuda")
+    out: dict[str, Any] = {"engine": str(engine_path), "gpu": torch.cuda.get_device_name(dev)}
+    for b in batches:
+        x = torch.randn(b, *shape, device=dev)
+        for _ in range(warmup):
+            runner(x)
+        torch.cuda.synchronize()
+        times = np.empty(iters)
+        for i in range(iters):
+            t0 = time.perf_counter()
+            runner(x)
+            torch.cuda.synchronize()
+            times[i] = time.perf_counter() - t0
+        ms = times * 1e3
+        out[f"batch_{b}"] = {
+            "p50_ms": float(np.percentile(ms, 50)),
+            "p99_ms": float(np.percentile(ms, 99)),
+            "images_per_s": float(b / times.mean()),
+        }
+    if reference is not None and reference_logits is not None:
+        got = runner(torch.from_numpy(reference).to(dev)).float().cpu().numpy()
+        out["parity"] = {
+            "max_abs_diff": float(np.abs(got - reference_logits).max()),
+            "top1_agreement": float((got.argmax(1) == reference_logits.argmax(1)).mean()),
+            "samples": int(len(reference)),
+        }
+    return out

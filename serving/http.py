@@ -6,7 +6,8 @@
 
 Endpoints: `GET /healthz`, `GET /v1/model` (classes, input size, preprocessing),
 `POST /v1/predict` (one or more images as multipart `file` fields, or one image as the raw
-body; every image of a request runs as one batch). OpenAPI docs at `/docs`.
+body; every image of a request runs as one batch). The OpenAPI schema is at `/openapi.json`
+and a self-contained reference page at `/docs` (no script or style from any network).
 
 Preprocessing (resize, centre crop, normalisation) and class names come from the ONNX file's
 metadata, written by the export stage, so the server cannot drift from training. Bad input gets
@@ -129,7 +130,15 @@ def create_app(
         title="Image classifier",
         description=f"ONNX Runtime inference for {path.name}",
         version=str(meta.get("producer_version", "1")),
+        docs_url=None,  # Swagger UI and ReDoc load their scripts from a CDN: blank offline
+        redoc_url=None,
     )
+
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        from fastapi.responses import HTMLResponse
+
+        return HTMLResponse(api_reference_html(app.openapi()))
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -207,6 +216,34 @@ def create_app(
         return [("body", bytes(data))]
 
     return app
+
+
+def api_reference_html(schema: dict[str, Any]) -> str:
+    """A plain HTML page listing the OpenAPI schema's endpoints and parameters: no scripts,
+    no styles or fonts from elsewhere, so it works on a machine without internet."""
+    from html import escape
+
+    info = schema.get("info", {})
+    rows = []
+    for route, ops in schema.get("paths", {}).items():
+        for method, op in ops.items():
+            params = ", ".join(
+                f"{p['name']} ({p.get('in', '')}): {p.get('description', '')}".strip()
+                for p in op.get("parameters", [])
+            )
+            rows.append(
+                f"<tr><td><code>{escape(method.upper())} {escape(route)}</code></td>"
+                f"<td>{escape(op.get('summary', ''))}</td><td>{escape(params)}</td></tr>"
+            )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{escape(info.get('title', 'API'))}</title></head><body>"
+        f"<h1>{escape(info.get('title', 'API'))} {escape(str(info.get('version', '')))}</h1>"
+        f"<p>{escape(info.get('description', ''))}</p>"
+        "<p>Machine-readable schema: <a href='/openapi.json'>/openapi.json</a></p>"
+        "<table border='1' cellpadding='4'><tr><th>endpoint</th><th>summary</th>"
+        "<th>parameters</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
 
 
 def _require_serve_extra() -> None:

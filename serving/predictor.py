@@ -1,6 +1,8 @@
-"""One interface over inference back ends; preprocessing comes from the model's own metadata.
+"""One interface over inference back ends, `run(float32 NCHW batch) -> logits`: ONNX Runtime
+(`OrtPredictor`, CPU or GPU providers) and TensorRT engines (`TrtPredictor`). Preprocessing
+comes from the ONNX model's own metadata.
 
-Nothing here imports torch: a server needs numpy, Pillow and the back end only.
+Nothing here imports torch at import time: a server needs numpy, Pillow and the back end only.
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import GpuUnavailable, StageError
+
+
+def import_onnxruntime():
+    """onnxruntime, or a ConfigError naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        from pipeline.errors import ConfigError
+
+        raise ConfigError(
+            "ONNX Runtime is not installed: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA "
+            "machine; never both, the two builds provide the same module)"
+        ) from exc
+    return onnxruntime
+
 
 class OrtPredictor:
     """An ONNX Runtime session with the exported model's preprocessing and class names."""
@@ -18,8 +36,7 @@ class OrtPredictor:
     def __init__(
         self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None
     ) -> None:
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         self.path = Path(path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -69,3 +86,90 @@ def _maybe_json(v: str) -> Any:
         return json.loads(v)
     except json.JSONDecodeError:
         return v
+
+
+def require_tensorrt():
+    """The tensorrt module and a visible CUDA device, or GpuUnavailable saying what is missing."""
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise GpuUnavailable("TensorRT benchmarking uses torch for CUDA buffers") from exc
+    if not torch.cuda.is_available():
+        raise GpuUnavailable(
+            "TensorRT needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); "
+            "run this on a machine with an NVIDIA GPU and driver"
+        )
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise GpuUnavailable(
+            "the tensorrt package is not installed: pip install -e '.[gpu]' (TensorRT 10)"
+        ) from exc
+    if int(trt.__version__.split(".")[0]) < 10:
+        raise GpuUnavailable(f"TensorRT {trt.__version__} is too old: this code needs 10 or newer")
+    return trt
+
+
+class TrtPredictor:
+    """A deserialized TensorRT engine with one execution context: `run` takes and returns
+    numpy like `OrtPredictor.run`; calling it runs torch CUDA tensors without copies.
+    torch (for CUDA buffers) and tensorrt are imported only here."""
+
+    def __init__(self, engine_path: str | Path) -> None:
+        import torch
+
+        trt = require_tensorrt()
+        self.trt, self.torch = trt, torch
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self.engine is None:
+            raise StageError(
+                f"{engine_path} is not an engine this TensorRT/GPU can load; rebuild it here "
+                "(engines are specific to the TensorRT version and the GPU model)"
+            )
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = self.engine.get_tensor_mode
+        self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(self.inputs) != 1:
+            raise StageError(f"expected one image input, the engine has {self.inputs}")
+        self.stream = torch.cuda.Stream()
+
+    def _dtype(self, name: str):
+        t, trt = self.torch, self.trt
+        table = {
+            trt.float32: t.float32,
+            trt.float16: t.float16,
+            trt.bfloat16: t.bfloat16,
+            trt.int8: t.int8,
+            trt.int32: t.int32,
+            trt.int64: t.int64,
+            trt.bool: t.bool,
+        }
+        return table[self.engine.get_tensor_dtype(name)]
+
+    def __call__(self, batch):
+        """Run a CUDA tensor batch (N, C, H, W); returns the first output as a CUDA tensor."""
+        name = self.inputs[0]
+        x = batch.to(self._dtype(name)).contiguous()
+        self.context.set_input_shape(name, tuple(x.shape))
+        self.context.set_tensor_address(name, x.data_ptr())
+        outs = []
+        for o in self.outputs:
+            y = self.torch.empty(
+                tuple(self.context.get_tensor_shape(o)), dtype=self._dtype(o), device=x.device
+            )
+            self.context.set_tensor_address(o, y.data_ptr())
+            outs.append(y)
+        self.stream.wait_stream(self.torch.cuda.current_stream())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise StageError("TensorRT execution failed (see its log)")
+        self.torch.cuda.current_stream().wait_stream(self.stream)
+        return outs[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Logits for a preprocessed float32 NCHW batch (host memory in and out)."""
+        x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
+        return self(x).float().cpu().numpy()

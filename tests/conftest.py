@@ -69,3 +69,11 @@ def tiny_cfg(tiny_overrides):
     from pipeline.config import load_config
 
     return load_config(None, tiny_overrides)
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    """A hand-built ONNX classifier with the export stage's metadata (tests/tiny_onnx.py)."""
+    from tests.tiny_onnx import tiny_onnx
+
+    return tiny_onnx(tmp_path / "model.onnx")

@@ -33,6 +33,7 @@ class Method:
     """Base: a method owns its auxiliary branch and its loss; `epoch` counts from 0."""
 
     name = "base"
+    needs_features = False  # whether the loss reads the classifier's stage features
 
     def __init__(self, distill_cfg, *, num_classes: int, epochs: int) -> None:
         self.cfg = distill_cfg
@@ -70,6 +71,7 @@ class SelfKD(Method):
     """
 
     use_mix = True
+    needs_features = True
 
     def build_aux(self, backbone: nn.Module) -> nn.Module:
         return SelfTeacher(list(backbone.stage_channels), self.num_classes)

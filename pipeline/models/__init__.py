@@ -1,14 +1,17 @@
-"""Classifiers, the self-teacher and the training wrapper."""
+"""Classifiers, the self-teacher, the training wrapper and what a model costs."""
 
 from pipeline.models import backbones as _backbones  # noqa: F401  (registers the factories)
+from pipeline.models.cost import count_macs, count_parameters, torch_latency
 from pipeline.models.registry import create_model, list_models, register_model
-from pipeline.models.wrapper import ModelOutput, SelfDistillModel, count_parameters
+from pipeline.models.wrapper import ModelOutput, SelfDistillModel
 
 __all__ = [
     "ModelOutput",
     "SelfDistillModel",
+    "count_macs",
     "count_parameters",
     "create_model",
     "list_models",
     "register_model",
+    "torch_latency",
 ]

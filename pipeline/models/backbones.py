@@ -137,7 +137,20 @@ class WideBasic(nn.Module):
 
 
 class WideResNet(nn.Module):
-    def __init__(self, depth: int, k: int, num_classes: int, stem: str, width: float) -> None:
+    """Pre-activation WRN. Its residual stages end without an activation, so the stage features
+    the self-teacher reads are taken after a BN-ReLU tap (non-negative, like the ResNets').
+
+    The last stage's BN-ReLU is the classifier's own (it feeds the pooled head). The taps of the
+    earlier stages exist only with `feature_taps=True`, for methods that read the stage features:
+    without a self-teacher nothing would train them (DDP stops on parameters without gradients)
+    and the deployed classifier would compute them for nothing. `drop_feature_taps()` removes
+    them once the self-teacher is gone; the logits do not change.
+    """
+
+    def __init__(
+        self, depth: int, k: int, num_classes: int, stem: str, width: float,
+        feature_taps: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError("WRN depth must be 6n+4")
@@ -160,29 +173,41 @@ class WideResNet(nn.Module):
                     ]
                 )
             )
-            # Stage features are read after BN-ReLU so they are non-negative like the ResNets'.
             post.append(nn.Sequential(nn.BatchNorm2d(w), nn.ReLU(inplace=False)))
             cin = w
         self.stages = nn.ModuleList(stages)
-        self.post = nn.ModuleList(post)
+        self.final = post[-1]
+        self.taps = nn.ModuleList(post[:-1]) if feature_taps else None
         self.stage_channels = widths[1:]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(cin, num_classes)
         _init(self)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stage features; without taps the earlier ones pass a parameter-free ReLU only."""
         x = self.stem(x)
         feats = []
-        for stage, post in zip(self.stages, self.post, strict=True):
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
             x = stage(x)
-            feats.append(post(x))
+            if i == last:
+                feats.append(self.final(x))
+            else:
+                feats.append(torch.relu(x) if self.taps is None else self.taps[i](x))
         return feats
+
+    def drop_feature_taps(self) -> None:
+        self.taps = None
 
     def forward_head(self, last: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(last), 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x)[-1])
+        """The classifier alone: no feature taps on the way to the logits."""
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.forward_head(self.final(x))
 
 
 def _init(model: nn.Module) -> None:
@@ -195,20 +220,34 @@ def _init(model: nn.Module) -> None:
 
 
 @register_model
-def resnet18(num_classes: int, stem: str = "cifar", width: float = 1.0) -> ResNet:
-    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, stem, width)
+def resnet18(
+    num_classes: int, stem: str = "cifar", width: float = 1.0, feature_taps: bool = False
+) -> ResNet:
+    return ResNet(
+        BasicBlock, [2, 2, 2, 2], num_classes, stem, width
+    )  # stage outputs end in a ReLU: no taps needed
 
 
 @register_model
-def resnet34(num_classes: int, stem: str = "cifar", width: float = 1.0) -> ResNet:
-    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, stem, width)
+def resnet34(
+    num_classes: int, stem: str = "cifar", width: float = 1.0, feature_taps: bool = False
+) -> ResNet:
+    return ResNet(
+        BasicBlock, [3, 4, 6, 3], num_classes, stem, width
+    )  # stage outputs end in a ReLU: no taps needed
 
 
 @register_model
-def resnet50(num_classes: int, stem: str = "cifar", width: float = 1.0) -> ResNet:
-    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, stem, width)
+def resnet50(
+    num_classes: int, stem: str = "cifar", width: float = 1.0, feature_taps: bool = False
+) -> ResNet:
+    return ResNet(
+        Bottleneck, [3, 4, 6, 3], num_classes, stem, width
+    )  # stage outputs end in a ReLU: no taps needed
 
 
 @register_model
-def wrn16_2(num_classes: int, stem: str = "cifar", width: float = 1.0) -> WideResNet:
-    return WideResNet(16, 2, num_classes, stem, width)
+def wrn16_2(
+    num_classes: int, stem: str = "cifar", width: float = 1.0, feature_taps: bool = False
+) -> WideResNet:
+    return WideResNet(16, 2, num_classes, stem, width, feature_taps)

@@ -10,7 +10,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.models.registry import create_model
-from pipeline.models.wrapper import SelfDistillModel
 
 
 def save_model(model: nn.Module, spec: dict[str, Any], folder: Path, stem_name: str) -> list[Path]:
@@ -26,21 +25,15 @@ def read_spec(folder: Path, stem_name: str) -> dict[str, Any]:
     return json.loads((folder / f"{stem_name}.json").read_text())
 
 
-def build_backbone(spec: dict[str, Any]) -> nn.Module:
+def build_backbone(spec: dict[str, Any], *, feature_taps: bool = False) -> nn.Module:
+    """The classifier a spec describes; `feature_taps` adds the layers a self-teacher reads."""
     return create_model(
-        spec["arch"], num_classes=spec["num_classes"], stem=spec["stem"], width=spec["width"]
+        spec["arch"],
+        num_classes=spec["num_classes"],
+        stem=spec["stem"],
+        width=spec["width"],
+        feature_taps=feature_taps,
     )
-
-
-def build_training_model(spec: dict[str, Any], distill_cfg: Any = None) -> SelfDistillModel:
-    from pipeline.config import DistillConfig
-    from pipeline.distill import create_method
-
-    backbone = build_backbone(spec)
-    method = create_method(
-        spec["method"], distill_cfg or DistillConfig(), num_classes=spec["num_classes"], epochs=1
-    )
-    return SelfDistillModel(backbone, method.build_aux(backbone))
 
 
 def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:

@@ -21,8 +21,15 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str, *, num_classes: int, stem: str = "cifar", width: float = 1.0
+    name: str,
+    *,
+    num_classes: int,
+    stem: str = "cifar",
+    width: float = 1.0,
+    feature_taps: bool = False,
 ) -> nn.Module:
+    """`feature_taps`: build the extra layers some nets need to expose stage features for a
+    self-teacher (WRN's BN-ReLU taps); a no-op where the stage outputs serve as they are."""
     if name not in _MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, stem=stem, width=width)
+    return _MODELS[name](num_classes=num_classes, stem=stem, width=width, feature_taps=feature_taps)

@@ -5,6 +5,7 @@ Everything the method adds lives in `aux`, so pruning is `wrapper.backbone`: not
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -36,9 +37,9 @@ class SelfDistillModel(nn.Module):
         )
 
     def deployable(self) -> nn.Module:
-        """The classifier alone: what ships."""
-        return self.backbone
-
-
-def count_parameters(module: nn.Module | None) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
+        """The classifier alone, what ships: a copy of the backbone without the layers that only
+        fed the self-teacher (feature taps). Its logits are the wrapper's, bit for bit."""
+        model = copy.deepcopy(self.backbone)
+        if hasattr(model, "drop_feature_taps"):
+            model.drop_feature_taps()
+        return model.eval()

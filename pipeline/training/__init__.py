@@ -1,4 +1,5 @@
-"""The pieces of the training stage: Accelerate set-up, the loop, checkpoints and the launcher.
+"""The whole training stage: fit (the stage body), the loop, Accelerate set-up, checkpoints,
+the launcher and its worker, the one model builder, and the data-versus-step check.
 
-`pipeline.train.run` ties them together; each module here stays free of stage bookkeeping.
+`pipeline.stages.train` calls `fit.fit` (or `launch.run_launched` for several processes).
 """

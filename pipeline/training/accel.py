@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 from dataclasses import dataclass
@@ -48,12 +47,55 @@ def batch_plan(t: TrainConfig, processes: int) -> BatchPlan:
     return BatchPlan(t.batch_size, processes, t.grad_accum_steps)
 
 
+# Accelerate's tracker name -> the package that provides it (pip name).
+TRACKER_PACKAGES = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet-ml",
+    "aim": "aim",
+    "clearml": "clearml",
+    "dvclive": "dvclive",
+    "swanlab": "swanlab",
+    "trackio": "trackio",
+}
+
+
 def _check_tracker(tracker: str) -> None:
-    if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+    if tracker == "none":
+        return
+    import accelerate.utils
+
+    is_available = getattr(accelerate.utils, f"is_{tracker}_available", None)
+    if is_available is None or not is_available():
+        package = TRACKER_PACKAGES.get(tracker, tracker)
         raise ConfigError(
-            "train.tracker is 'tensorboard' but the tensorboard package is not installed; "
-            "run `pip install tensorboard` or set train.tracker=none"
+            f"train.tracker is {tracker!r} but its package is not installed; run "
+            f"`pip install {package}`, or set train.tracker=none"
         )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A nested config as the flat scalar dict every tracker's hyper-parameter log accepts."""
+    out: dict[str, int | float | str | bool] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, bool | int | float | str):
+            out[key] = v
+        else:
+            out[key] = str(v)
+    return out
+
+
+def start_tracking(acc, cfg) -> None:
+    """Open the configured tracker's run (Accelerate logs nothing before `init_trackers`)."""
+    if cfg.train.tracker == "none":
+        return
+    dump = cfg.model_dump(mode="json", by_alias=True)
+    hparams = _flat({k: dump[k] for k in ("data", "model", "train")})
+    acc.init_trackers(cfg.name, config=hparams)
 
 
 def set_determinism(on: bool) -> None:
@@ -86,7 +128,7 @@ def make_accelerator(t: TrainConfig, work: Path):
         mixed_precision=t.mixed_precision,
         gradient_accumulation_steps=t.grad_accum_steps,
         dataloader_config=loaders,
-        log_with="tensorboard" if t.tracker == "tensorboard" else None,
+        log_with=None if t.tracker == "none" else t.tracker,
         project_config=ProjectConfiguration(
             project_dir=str(work), logging_dir=str(work / "tensorboard")
         ),

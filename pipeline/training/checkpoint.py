@@ -1,8 +1,10 @@
-"""Checkpoints through `accelerator.save_state`, committed atomically and named in the manifest.
+"""Checkpoints through `accelerator.save_state`, committed atomically and named in an index.
 
 A checkpoint is written into `checkpoints/.tmp-<name>/` and renamed to `checkpoints/<name>/`
-only when every rank has finished writing, then the work folder's manifest is updated to name
-it. Resume reads that name; folder names on disk are never parsed, so a torn write is invisible.
+only when every rank has finished writing, then `checkpoints/index.json` is replaced
+(atomically) to name it: that is the commit point. Resume reads that name; folder names on disk
+are never parsed, so a torn write is invisible. The runner keeps the work folder (and so the
+index) only while the stage's key is unchanged, and copies the last entry into the manifest.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Manifest, write_json_atomic
+from pipeline.artifacts import CHECKPOINT_INDEX as INDEX_FILE
+from pipeline.artifacts import read_checkpoint_index as read_index
+from pipeline.artifacts import write_json_atomic
 from pipeline.errors import StageError
 
 log = logging.getLogger("pipeline.train")
 
 STATE_FILE = "trainer_state.json"
+RESULT_FILE = "checkpoints/result.json"  # rank 0's metrics, for a launching parent
 
 
 @dataclass
@@ -41,8 +46,7 @@ class Checkpointer:
         self.keep = keep
 
     def latest(self) -> dict[str, Any] | None:
-        m = Manifest.load(self.work)
-        return None if m is None else m.extra.get("checkpoint")
+        return read_index(self.work).get("checkpoint")
 
     def save(self, state: TrainerState) -> Path:
         """Collective: every rank calls it at the same step."""
@@ -70,20 +74,17 @@ class Checkpointer:
         return final
 
     def _record(self, name: str, state: TrainerState) -> None:
-        m = Manifest.load(self.work)
-        if m is None:
-            raise StageError(
-                f"{self.work} has no manifest.json; the runner writes it before training starts"
-            )
-        names = [*m.extra.get("checkpoints", []), name]
-        m.extra["checkpoint"] = {
-            "name": name,
-            "epoch": state.epoch,
-            "batch": state.batch,
-            "step": state.step,
+        names = [*read_index(self.work).get("checkpoints", []), name]
+        index = {
+            "checkpoint": {
+                "name": name,
+                "epoch": state.epoch,
+                "batch": state.batch,
+                "step": state.step,
+            },
+            "checkpoints": names[-self.keep :],
         }
-        m.extra["checkpoints"] = names[-self.keep :]
-        m.write(self.work)  # the commit point: from here on resume uses this checkpoint
+        write_json_atomic(self.work / INDEX_FILE, index)  # the commit point
         for old in names[: -self.keep]:
             shutil.rmtree(self.root / old, ignore_errors=True)
 
@@ -94,7 +95,7 @@ class Checkpointer:
         folder = self.root / rec["name"]
         if not (folder / STATE_FILE).is_file():
             raise StageError(
-                f"the manifest in {self.work} names checkpoint {folder}, which is missing or incomplete; "
+                f"{self.work / INDEX_FILE} names checkpoint {folder}, which is missing or incomplete; "
                 "delete that .partial folder or pass --force to train from scratch"
             )
         self.acc.load_state(str(folder))

@@ -3,20 +3,22 @@
 The parent hands the resolved config and the stage's work folder to
 `python -m torch.distributed.run --nproc_per_node N -m pipeline.training.worker`; the launcher
 owns the processes (rendezvous, gloo on CPU / NCCL on GPU, signals), rank 0 writes the artefacts
-and the manifest into the work folder, and the parent reads the result back from the manifest.
+into the work folder, and the parent reads rank 0's metrics back from `checkpoints/result.json`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.artifacts import Manifest, write_text_atomic
+from pipeline.artifacts import write_text_atomic
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import StageError
+from pipeline.training.checkpoint import RESULT_FILE
 
 log = logging.getLogger("pipeline.train")
 
@@ -59,9 +61,7 @@ def run_launched(cfg: PipelineConfig, work: Path) -> dict:
             f"log above for the failing rank. Re-running the same command resumes from the last "
             f"checkpoint in {work / 'checkpoints'}"
         )
-    m = Manifest.load(work)
-    if m is None or not m.metrics:
-        raise StageError(
-            f"the training processes finished but left no metrics in {work / 'manifest.json'}"
-        )
-    return m.metrics
+    result = work / RESULT_FILE
+    if not result.is_file():
+        raise StageError(f"the training processes finished but left no metrics in {result}")
+    return json.loads(result.read_text())

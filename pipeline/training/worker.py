@@ -17,9 +17,9 @@ log = logging.getLogger("pipeline.train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline import train
     from pipeline.config import load_config
-    from pipeline.runner import RunContext
+    from pipeline.data import build_data
+    from pipeline.training.fit import fit
 
     p = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
     p.add_argument("--config", type=Path, required=True)
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
-        train.run(cfg, {}, args.work, RunContext(cfg=cfg, run_dir=cfg.run_path))
+        fit(cfg, build_data(cfg.data), args.work)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return exc.exit_code

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline.artifacts import CHECKPOINT_INDEX
+from tests.conftest import REPO
 
 # Tiny and deterministic: 21 batches of 16 per epoch, a checkpoint every 5 optimizer steps.
 RESUME = [
@@ -50,8 +51,9 @@ def cfg_file(tmp_path: Path) -> Path:
 
 
 def _checkpoint_named(work: Path) -> dict | None:
+    """The checkpoint the work folder's index names as the last good one (its commit point)."""
     try:
-        return json.loads((work / "manifest.json").read_text())["extra"].get("checkpoint")
+        return json.loads((work / CHECKPOINT_INDEX).read_text()).get("checkpoint")
     except (OSError, ValueError, KeyError):
         return None
 

@@ -10,8 +10,8 @@ from PIL import Image
 
 from pipeline.config import DistillConfig
 from pipeline.distill import create_method
-from pipeline.distill.figures import attention_panels, save_attention_figure
 from pipeline.models import SelfDistillModel, create_model
+from pipeline.report.figures import attention_panels, save_attention_figure
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

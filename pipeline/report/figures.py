@@ -1,4 +1,5 @@
-"""Attention figures: image, classifier attention, self-teacher attention, foreground mask.
+"""The report's figures: training curves, and attention (image, classifier attention,
+self-teacher attention, foreground mask) drawn with the run's own mask settings.
 
 Drawn with matplotlib's object API on an Agg canvas: no pyplot, so no global backend switch
 and no figure registry that leaks memory in a long run.
@@ -6,6 +7,7 @@ and no figure registry that leaks memory in a long run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +50,7 @@ def attention_panels(
     model: SelfDistillModel,
     images: torch.Tensor,
     stage: int = -1,
-    kind: str = "soft",
+    mask: str = "soft",
     kappa: float = 20.0,
 ) -> dict[str, torch.Tensor]:
     """The three attention panels of one stage, each (B, H, W) in [0, 1] at the image size."""
@@ -63,11 +65,11 @@ def attention_panels(
     f, r = out.features[stage], out.aux_features[stage]
     hw, size = tuple(f.shape[-2:]), tuple(images.shape[-2:])
     s_att, t_att = attention_map(f), attention_map(r)
-    mask = adaptive_mask(t_att, kind=kind, kappa=kappa)
+    m = adaptive_mask(t_att, kind=mask, kappa=kappa)
     return {
         COLUMNS[1]: _upsampled(s_att, hw, size),
         COLUMNS[2]: _upsampled(t_att, hw, size),
-        COLUMNS[3]: F.interpolate(mask.view(-1, 1, *hw), size=size, mode="nearest").view(-1, *size),
+        COLUMNS[3]: F.interpolate(m.view(-1, 1, *hw), size=size, mode="nearest").view(-1, *size),
     }
 
 
@@ -80,20 +82,20 @@ def save_attention_figure(
     std: Sequence[float],
     *,
     stage: int = -1,
+    mask: str = "soft",
+    kappa: float = 20.0,
 ) -> Path:
     """One PNG, a row per image: (image, classifier attention, self-teacher attention, mask).
 
     `images` is the normalised batch the model reads; `raw_images` (uint8 or floats in [0, 1],
     (B, 3, H, W)) is what is shown, or None to de-normalise `images` with `mean` and `std`.
+    `mask` and `kappa` are the run's `train.distill` settings, so the mask shown is the one
+    that was trained with.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = attention_panels(model, images, stage)
+    panels = attention_panels(model, images, stage, mask=mask, kappa=kappa)
     shown = _display_images(images, raw_images, mean, std)
     rows = images.shape[0]
-    fig = Figure(figsize=(2.2 * len(COLUMNS), 2.2 * rows), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = _figure((2.2 * len(COLUMNS), 2.2 * rows), dpi=100)
     axes = fig.subplots(rows, len(COLUMNS), squeeze=False)
     for i in range(rows):
         axes[i][0].imshow(shown[i].numpy())
@@ -110,3 +112,41 @@ def save_attention_figure(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def _figure(size: tuple[float, float], dpi: int = 110):
+    """A matplotlib Figure on its own Agg canvas (no pyplot, no global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=dpi)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def training_figure(metrics_path: Path, out: Path) -> Path | None:
+    """Loss and accuracy per epoch from the train stage's metrics.jsonl."""
+    if not metrics_path.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return None
+    ep = [r["epoch"] for r in rows]
+    fig = _figure((9, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(ep, [r["loss"] for r in rows], label="total loss")
+    if "ce" in rows[0]:
+        ax1.plot(ep, [r["ce"] for r in rows], label="classifier CE")
+    ax1.set_xlabel("epoch")
+    ax1.set_title("training loss")
+    ax1.legend()
+    ax2.plot(ep, [r["train_top1"] for r in rows], label="train")
+    if "val_top1" in rows[0]:
+        ax2.plot(ep, [r["val_top1"] for r in rows], label="val")
+    ax2.set_xlabel("epoch")
+    ax2.set_title("top-1")
+    ax2.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out

@@ -7,11 +7,11 @@ import platform
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from pipeline.training.host_memory import reuse_freed_memory
+from tests.conftest import REPO
 
 # Run in a fresh interpreter, as a training process starts: how a long-lived test process's
 # heap is laid out depends on every test before this one.
@@ -50,7 +50,7 @@ def test_large_blocks_are_reused_not_faulted_again():
         text=True,
         timeout=120,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
     )
     r = json.loads(res.stdout.strip().splitlines()[-1])
     pages = r["pages"]

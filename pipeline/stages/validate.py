@@ -2,7 +2,8 @@
 
 Every artefact is scored on the same preprocessed test tensors; latency is batch 1
 (warm-up, then p50/p90/p99) and throughput at a larger batch, each back end with the same
-thread count. Everything is written before a failed gate is raised.
+thread count. Everything is recorded before a failed gate is raised; the runner then writes
+the report from the manifests.
 """
 
 from __future__ import annotations
@@ -10,27 +11,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from pipeline.artifacts import Manifest, write_json_atomic
+from pipeline.artifacts import Manifest, StageContext, StageResult, write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailed
-from pipeline.models.io import build_backbone, load_weights, read_spec
-from serving.bench import latency, throughput
+from pipeline.timing import latency, throughput
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("pipeline.validate")
 
-BACKENDS = {
-    "onnx": "onnxruntime CPU fp32",
-    "onnx_fp16": "onnxruntime CPU fp16",
-    "onnx_int8": "onnxruntime CPU int8 (QDQ)",
-}
+
+def backend_name(artefact: str) -> str:
+    from export.variants import VARIANTS
+
+    if artefact == "onnx":
+        return "onnxruntime CPU fp32"
+    return VARIANTS[artefact].backend if artefact in VARIANTS else artefact
 
 
-def test_arrays(ctx) -> tuple[np.ndarray, np.ndarray]:
+def test_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
     test = ctx.data.test
     return test.stack().numpy().astype(np.float32), np.asarray(test.labels)
 
@@ -60,6 +64,8 @@ def score(
 
 
 def torch_predictor(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    import torch
+
     def predict(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
@@ -100,9 +106,12 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
     return gates
 
 
-def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
-    from pipeline.report import write_reports
-    from pipeline.runner import StageResult
+def run(
+    cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext
+) -> StageResult:
+    import torch
+
+    from pipeline.models.io import build_backbone, load_weights, read_spec
     from serving.predictor import OrtPredictor
 
     threads = cfg.validate_.latency.threads or torch.get_num_threads()
@@ -123,7 +132,7 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
         log.info("validating %s (onnxruntime CPU)", name)
         ort = OrtPredictor(path, threads=threads)
         artefacts[name] = {
-            "backend": BACKENDS.get(name, name),
+            "backend": backend_name(name),
             "file": str(path),
             **score(ort.run, xs, ys, cfg),
         }
@@ -132,16 +141,14 @@ def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx)
     gates = check_gates(cfg, artefacts)
     metrics = {"threads": threads, "test_samples": len(xs), "artefacts": artefacts, "gates": gates}
     write_json_atomic(out_dir / "validation.json", metrics)
-    write_reports(ctx.run_dir, cfg, inputs, metrics)
     failed = [g for g in gates if not g["passed"]]
     if failed:
-        err = GateFailed(
+        raise GateFailed(
             "gate failed: "
             + "; ".join(
                 f"{g['gate']}: measured {g['value']:.4f}, limit {g['limit']}" for g in failed
             )
-            + f". Everything measured is in {ctx.run_dir / 'report.md'}"
+            + f". Everything measured is in {ctx.run_dir / 'report.md'}",
+            result=StageResult(metrics=metrics),
         )
-        err.result = StageResult(metrics=metrics)
-        raise err
     return StageResult(metrics=metrics)

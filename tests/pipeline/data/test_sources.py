@@ -14,6 +14,7 @@ from pipeline.config import DataConfig
 from pipeline.data import SOURCES, build_data, make_loader
 from pipeline.data.base import FileImages, TensorImages
 from pipeline.errors import DataError
+from tests.conftest import REPO
 from tests.fake_datasets import (  # noqa: F401  (fake_* are fixtures, used as arguments)
     MAKERS,
     class_red,
@@ -215,9 +216,7 @@ def test_auto_workers_follow_the_machine(fake_imagefolder, monkeypatch) -> None:
     assert base.resolve_workers(3, files) == 3
 
 
-REAL_CIFAR10_SMALL = (
-    Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "cifar10-small"
-)
+REAL_CIFAR10_SMALL = REPO / ".." / "shared" / "datasets" / "cifar10-small"
 
 
 @pytest.mark.skipif(

@@ -6,7 +6,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from serving.bench import latency
+from pipeline.timing import latency
+
+
+def count_parameters(module: nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 def count_macs(model: nn.Module, example: torch.Tensor) -> int:

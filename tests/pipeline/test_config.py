@@ -5,8 +5,7 @@ import pytest
 from pipeline.__main__ import main
 from pipeline.config import load_config
 from pipeline.errors import ConfigError
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def test_default_pipeline_yaml_is_valid():

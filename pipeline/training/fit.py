@@ -1,9 +1,9 @@
-"""The training stage, through Hugging Face Accelerate: one code path for 1 CPU, N processes or N GPUs.
+"""Training through Hugging Face Accelerate: one code path for 1 CPU, N processes or N GPUs.
 
-Writes `model.safetensors` + `model.json` (the training wrapper, auxiliary branches included)
-and `metrics.jsonl` (one line per epoch) into the stage folder, and checkpoints under
-`checkpoints/` that the work folder's manifest names, so a killed run resumes where it stopped.
-With `train.processes > 1` and no launcher around us, the body runs under torch's launcher.
+`fit(cfg, bundle, work)` writes `model.safetensors` + `model.json` (the training wrapper,
+auxiliary branches included) and `metrics.jsonl` (one line per epoch) into the work folder, and
+checkpoints under `checkpoints/` (their index names the latest), so a killed run resumes where
+it stopped. Rank 0 also leaves its metrics in `checkpoints/result.json` for a launching parent.
 """
 
 from __future__ import annotations
@@ -13,55 +13,24 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from pipeline.artifacts import Manifest, write_text_atomic
+from pipeline.artifacts import write_json_atomic, write_text_atomic
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.data import DataBundle
-from pipeline.distill import Method, create_method
 from pipeline.errors import StageError
-from pipeline.models import SelfDistillModel, count_parameters, create_model
+from pipeline.models import count_parameters
 from pipeline.models.io import save_model
 from pipeline.training import accel
-from pipeline.training.checkpoint import Checkpointer, TrainerState
+from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
 from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
+from pipeline.training.model import build_training_model, model_spec
 
 log = logging.getLogger("pipeline.train")
-
-
-def resolve_stem(cfg: PipelineConfig, bundle: DataBundle) -> str:
-    return bundle.preset.stem if cfg.model.stem == "auto" else cfg.model.stem
-
-
-def model_spec(cfg: PipelineConfig, bundle: DataBundle) -> dict[str, Any]:
-    return {
-        "arch": cfg.model.name,
-        "stem": resolve_stem(cfg, bundle),
-        "width": cfg.model.width,
-        "num_classes": bundle.num_classes,
-        "method": cfg.train.method,
-        "classes": bundle.classes,
-        "preset": bundle.preset.to_dict(),
-    }
-
-
-def build_model(cfg: PipelineConfig, bundle: DataBundle) -> tuple[SelfDistillModel, Method]:
-    method = create_method(
-        cfg.train.method, cfg.train.distill, num_classes=bundle.num_classes, epochs=cfg.train.epochs
-    )
-    backbone = create_model(
-        cfg.model.name,
-        num_classes=bundle.num_classes,
-        stem=resolve_stem(cfg, bundle),
-        width=cfg.model.width,
-    )
-    return SelfDistillModel(backbone, method.build_aux(backbone)), method
 
 
 def scaled_lr(t: TrainConfig) -> float:
@@ -127,7 +96,7 @@ def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= completed_epochs]
 
 
-def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
+def _build(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> Trainer:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -135,9 +104,9 @@ def _build(cfg: PipelineConfig, ctx, work: Path) -> Trainer:
     acc = accel.make_accelerator(t, work)
     acc.wait_for_everyone()  # rank 0 has prepared the work folder before anyone reads it
     set_seed(t.seed)
-    bundle: DataBundle = ctx.data
+    accel.start_tracking(acc, cfg)
     plan = accel.batch_plan(t, acc.num_processes)
-    model, method = build_model(cfg, bundle)
+    model, method = build_training_model(model_spec(cfg, bundle), t.distill, t.epochs)
     channels_last = accel.use_channels_last(t, acc.device, min(model.backbone.stage_channels))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -262,7 +231,7 @@ def _rank_hashes(tr: Trainer) -> list[str]:
 def _finish(
     tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: Path, metrics: dict
 ) -> None:
-    """Rank 0 writes the model and records the result in the work folder's manifest."""
+    """Rank 0 writes the model, and its metrics where a launching parent reads them."""
     if not tr.accelerator.is_main_process:
         return
     unwrapped = tr.accelerator.unwrap_model(tr.model)
@@ -270,16 +239,14 @@ def _finish(
         work / "model.safetensors",
         lambda: save_model(unwrapped, model_spec(cfg, bundle), work, "model"),
     )
-    m = Manifest.load(work)
-    if m is not None:  # the parent of a launched run reads the result from here
-        m.metrics = metrics
-        _write_outputs_guarded(work / "manifest.json", lambda: m.write(work))
+    result = work / RESULT_FILE
+    _write_outputs_guarded(result, lambda: write_json_atomic(result, metrics))
 
 
-def _run_here(cfg: PipelineConfig, work: Path, ctx) -> dict:
+def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> dict:
+    """Train (or resume) in `work`; every rank calls this. Returns the run's metrics."""
     t_start = time.perf_counter()
-    tr = _build(cfg, ctx, work)
-    bundle: DataBundle = ctx.data
+    tr = _build(cfg, bundle, work)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
         history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")
@@ -290,12 +257,3 @@ def _run_here(cfg: PipelineConfig, work: Path, ctx) -> dict:
     tr.accelerator.wait_for_everyone()
     tr.accelerator.end_training()
     return metrics
-
-
-def run(cfg: PipelineConfig, inputs: Mapping[str, Manifest], out_dir: Path, ctx) -> Any:
-    from pipeline.runner import StageResult
-    from pipeline.training.launch import run_launched
-
-    if cfg.train.processes > 1 and accel.world_size() == 1:
-        return StageResult(metrics=run_launched(cfg, out_dir))
-    return StageResult(metrics=_run_here(cfg, out_dir, ctx))

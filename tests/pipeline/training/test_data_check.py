@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import PipelineConfig
-from pipeline.data.check import format_data_check, run_data_check
+from pipeline.training.data_check import format_data_check, run_data_check
 from tests.fake_datasets import make_cub200, make_imagefolder
 
 

@@ -1,13 +1,11 @@
-"""The run report: `report.json` for machines, `report.md` and PNG figures for people."""
+"""The run report as data (`build_report`) and as Markdown (`render_markdown`)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Manifest, write_json_atomic, write_text_atomic
+from pipeline.artifacts import Manifest
 from pipeline.config import PipelineConfig
 
 
@@ -19,42 +17,10 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def training_figure(metrics_path: Path, out: Path) -> Path | None:
-    """Loss and accuracy per epoch from metrics.jsonl."""
-    if not metrics_path.is_file():
-        return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ep = [r["epoch"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax1.plot(ep, [r["loss"] for r in rows], label="total loss")
-    if "ce" in rows[0]:
-        ax1.plot(ep, [r["ce"] for r in rows], label="classifier CE")
-    ax1.set_xlabel("epoch")
-    ax1.set_title("training loss")
-    ax1.legend()
-    ax2.plot(ep, [r["train_top1"] for r in rows], label="train")
-    if "val_top1" in rows[0]:
-        ax2.plot(ep, [r["val_top1"] for r in rows], label="val")
-    ax2.set_xlabel("epoch")
-    ax2.set_title("top-1")
-    ax2.legend()
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
 def build_report(
     cfg: PipelineConfig, train: Manifest | None, prune: Manifest, export: Manifest, val: dict
 ) -> dict[str, Any]:
+    """Everything the report shows, from the stages' manifests (`val`: validate's metrics)."""
     return {
         "run": cfg.name,
         "passed": all(g["passed"] for g in val["gates"]),
@@ -142,24 +108,3 @@ def render_markdown(r: dict[str, Any], figures: list[str]) -> str:
     if figures:
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
-
-
-def write_reports(
-    run_dir: Path, cfg: PipelineConfig, inputs: Mapping[str, Manifest], val: dict
-) -> dict:
-    from pipeline.runner import stage_folder
-
-    train = Manifest.load(stage_folder(run_dir, "train"))
-    report = build_report(cfg, train, inputs["prune"], inputs["export"], val)
-    figures = []
-    if train is not None:
-        fig = training_figure(train.path("metrics.jsonl"), run_dir / "figures" / "training.png")
-        if fig:
-            figures.append(fig.relative_to(run_dir).as_posix())
-        figures += sorted(
-            p.relative_to(run_dir).as_posix() for p in run_dir.glob("*_prune/attention*.png")
-        )
-    report["figures"] = figures
-    write_json_atomic(run_dir / "report.json", report)
-    write_text_atomic(run_dir / "report.md", render_markdown(report, figures))
-    return report

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.test_train_resume import REPO
+from tests.pipeline.training.test_resume import REPO
 
 TINY_DDP = [
     "data.name=digits",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 
 import pytest
 import torch
 
+from pipeline.artifacts import read_checkpoint_index
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, StageError
 from pipeline.runner import run_pipeline
@@ -34,10 +34,10 @@ def _train(tiny_overrides, extra: list[str]):
 
 
 def _named_checkpoint(tiny_overrides) -> tuple:
-    """The partial train folder and the checkpoint its manifest names as the last good one."""
+    """The partial train folder and the checkpoint its index names as the last good one."""
     cfg = load_config(None, [*tiny_overrides, *SMALL])
     work = cfg.run_path / "01_train.partial"
-    return work, json.loads((work / "manifest.json").read_text())["extra"]["checkpoint"]
+    return work, read_checkpoint_index(work)["checkpoint"]
 
 
 def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):

@@ -1,0 +1,70 @@
+"""The export stage: the deployed classifier to ONNX, checked against torch on real test
+images, then each variant of `export.formats` (FP16, INT8) built from the FP32 model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.artifacts import Manifest, StageContext, StageResult
+from pipeline.errors import ExportParityError
+
+log = logging.getLogger("pipeline.export")
+
+
+def calibration_batch(ctx: StageContext, n: int) -> np.ndarray:
+    """Train images spread over the whole split, with the deterministic evaluation transform."""
+    from pipeline.data import Transformed, eval_transform
+
+    train = ctx.data.train
+    picks = np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int)
+    view = Transformed(
+        train.base, [train.indices[i] for i in picks], eval_transform(ctx.data.preset)
+    )
+    return view.stack().numpy().astype(np.float32)
+
+
+def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
+    from export.onnx import add_metadata, export_onnx, onnx_metadata, ort_parity
+    from export.variants import VARIANTS
+    from pipeline.models.io import build_backbone, load_weights, read_spec
+
+    prune = inputs["prune"]
+    spec = read_spec(prune.folder, "classifier")
+    model = load_weights(build_backbone(spec), prune.folder, "classifier")
+    images = ctx.data.test.stack(cfg.export.parity_samples)
+    path = out_dir / "model.onnx"
+    export_onnx(model, images[:2], path, cfg.export.opset)
+    add_metadata(path, onnx_metadata(spec, prune.key))
+    parity = ort_parity(path, model, images)
+    e = cfg.export
+    log.info(
+        "onnx parity: max |diff| %.3g, top-1 agreement %.4f",
+        parity["max_abs_diff"],
+        parity["top1_agreement"],
+    )
+    if parity["max_abs_diff"] > e.atol or parity["top1_agreement"] < e.min_top1_agreement:
+        raise ExportParityError(
+            f"ONNX Runtime logits differ from torch: max |diff| {parity['max_abs_diff']:.3g} "
+            f"(limit export.atol={e.atol}), top-1 agreement {parity['top1_agreement']:.4f} "
+            f"(limit export.min_top1_agreement={e.min_top1_agreement}) on {parity['samples']} test images"
+        )
+    (out_dir / "classes.json").write_text(json.dumps(spec["classes"]))
+    metrics = {"onnx": {"parity": parity, "opset": e.opset, "bytes": path.stat().st_size}}
+    artefacts = {"onnx": "model.onnx"}
+    for fmt in e.formats:
+        variant = VARIANTS[fmt]
+        made = variant.build(
+            path, out_dir / variant.filename, lambda: calibration_batch(ctx, e.calibration_samples)
+        )
+        artefacts[fmt] = made.name
+        # Reduced precision is judged on accuracy by the validate gates; this records how far it moved.
+        metrics[fmt] = {"parity": ort_parity(made, model, images), "bytes": made.stat().st_size}
+        log.info(
+            "%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"]
+        )
+    return StageResult(metrics=metrics, extra={"artefacts": artefacts})

@@ -1,0 +1,46 @@
+"""Latency and throughput of any callable: shared by validation, costs and the serving benchmarks.
+
+Warm-up first (allocators, thread pools and lazy kernels), then one timed call per sample, so
+the percentiles describe single requests, not an average hiding the tail. numpy only: the
+server and the benchmarks import this without torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def latency(fn: Callable[[], Any], *, warmup: int, iters: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        samples[i] = time.perf_counter() - t0
+    ms = samples * 1000.0
+    return {
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "iters": iters,
+    }
+
+
+def throughput(fn: Callable[[], Any], batch: int, *, warmup: int, iters: int) -> dict[str, float]:
+    for _ in range(warmup):
+        fn()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    elapsed = time.perf_counter() - t0
+    return {
+        "batch": batch,
+        "images_per_s": batch * iters / elapsed,
+        "batch_ms": 1000.0 * elapsed / iters,
+    }

@@ -1,0 +1,144 @@
+"""Builders: the Triton model repository (validated with Triton's own schema) and TensorRT's
+guards and engine.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.util import find_spec
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipeline.errors import ConfigError
+from tests.tiny_onnx import CLASSES, SIZE, fake_run, tiny_onnx
+
+# ---------------------------------------------------------------- Triton
+
+needs_triton = pytest.mark.skipif(
+    find_spec("tritonclient") is None or find_spec("grpc") is None,
+    reason="the serve extra (tritonclient[grpc]) is not installed",
+)
+
+
+@needs_triton
+def test_triton_repository_round_trips_through_the_schema(tmp_path, tiny_model):
+    from export.triton import read_config, write_repository
+
+    d = write_repository(
+        tiny_model, tmp_path / "repo", name="tiny", kind="gpu", tensorrt="fp16", instances=2
+    )
+    assert (d / "1" / "model.onnx").read_bytes() == tiny_model.read_bytes()
+    assert (d / "labels.txt").read_text().split() == CLASSES
+    cfg = read_config(d)
+    assert cfg.name == "tiny" and cfg.platform == "onnxruntime_onnx"
+    assert cfg.max_batch_size == 64 and list(cfg.dynamic_batching.preferred_batch_size) == [
+        8,
+        16,
+        32,
+        64,
+    ]
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [3, SIZE, SIZE])]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [
+        ("logits", [4], "labels.txt")
+    ]
+    assert cfg.instance_group[0].count == 2
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert acc.name == "tensorrt" and acc.parameters["precision_mode"] == "FP16"
+    assert json.loads(cfg.parameters["std"].string_value) == [0.25, 0.25, 0.25]
+    assert not (tmp_path / "repo" / ".tiny.partial").exists()
+
+
+@needs_triton
+def test_triton_fixed_batch_model_and_refusals(tmp_path):
+    from export.triton import read_config, write_repository
+
+    fixed = tiny_onnx(tmp_path / "fixed.onnx", batch=1)
+    d = write_repository(fixed, tmp_path / "repo", kind="cpu")
+    cfg = read_config(d)
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [1, 3, SIZE, SIZE]
+    assert not cfg.HasField("dynamic_batching")
+    with pytest.raises(ConfigError, match="--overwrite"):
+        write_repository(fixed, tmp_path / "repo", kind="cpu")
+    with pytest.raises(ConfigError, match="--kind gpu"):
+        write_repository(fixed, tmp_path / "r2", kind="cpu", tensorrt="fp16")
+    with pytest.raises(ConfigError, match="plain folder name"):
+        write_repository(fixed, tmp_path / "r3", name="../x")
+
+
+@needs_triton
+def test_triton_and_tensorrt_cli(tmp_path, tiny_model, monkeypatch):
+    import torch
+
+    from pipeline.__main__ import main
+
+    run = fake_run(tmp_path, tiny_model)
+    out = tmp_path / "repo"
+    assert main(["triton", str(run), "--out", str(out), "--kind", "cpu"]) == 0
+    assert (out / "classifier" / "config.pbtxt").is_file()
+    assert main(["triton", str(run), "--out", str(out)]) == 2  # exists: refused, exit 2
+    if not torch.cuda.is_available():
+        assert main(["tensorrt", str(run)]) == 7  # no GPU: a clear refusal, nothing written
+        assert not (run / "tensorrt").exists()
+
+
+# ---------------------------------------------------------------- TensorRT
+
+
+def test_tensorrt_without_gpu_says_what_is_missing():
+    import torch
+
+    from pipeline.errors import GpuUnavailable
+    from serving.predictor import require_tensorrt
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible; the refusal path is for machines without one")
+    with pytest.raises(GpuUnavailable, match="needs a CUDA GPU"):
+        require_tensorrt()
+
+
+def test_int8_engine_needs_symmetric_qdq(tmp_path):
+    from export.tensorrt import _check_int8_qdq
+    from pipeline.errors import PipelineError
+
+    def qdq(zero_point: np.ndarray) -> Path:
+        scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+        zp = numpy_helper.from_array(zero_point, "zp")
+        g = helper.make_graph(
+            [
+                helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+                helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"]),
+            ],
+            "qdq",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+            [scale, zp],
+        )
+        p = tmp_path / f"q{zero_point.dtype}.onnx"
+        onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(p))
+        return p
+
+    with pytest.raises(PipelineError, match="symmetric INT8 only"):
+        _check_int8_qdq(qdq(np.array(128, np.uint8)))
+    _check_int8_qdq(qdq(np.array(0, np.int8)))  # accepted
+    with pytest.raises(PipelineError, match="no Q/DQ nodes"):
+        _check_int8_qdq(tiny_onnx(tmp_path / "plain.onnx"))
+
+
+@pytest.mark.gpu
+def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
+    from export.tensorrt import build_engine
+    from serving.bench import benchmark_engine
+    from serving.predictor import OrtPredictor
+
+    engine = build_engine(tiny_model, tmp_path / "m.engine", precision="fp32", max_batch=8)
+    x = np.random.default_rng(1).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
+    res = benchmark_engine(
+        engine, (3, SIZE, SIZE), [1, 8], warmup=2, iters=5,
+        reference=x, reference_logits=OrtPredictor(tiny_model).run(x),
+    )  # fmt: skip
+    assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["max_abs_diff"] < 1e-3
+    assert res["batch_8"]["images_per_s"] > 0
