@@ -1,7 +1,7 @@
 """Find a deployable ONNX file from what a user points at: the file, the export folder or the run.
 
     resolve_onnx("runs/digits-resnet18")                 # the run folder
-    resolve_onnx("runs/digits-resnet18/03_export", "onnx_int8")
+    resolve_onnx("runs/digits-resnet18", "onnx_int8")   # an export variant
     resolve_onnx("model.onnx")                           # any ONNX file
 
 The export stage's manifest names each artefact (`extra.artefacts`), and a run's export folder is

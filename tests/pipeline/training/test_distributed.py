@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import stages
 from tests.pipeline.training.test_resume import REPO
 
 TINY_DDP = [
@@ -94,3 +95,18 @@ def test_batch_must_split_over_processes():
         assert "multiple of 2" in str(exc)
     else:
         raise AssertionError("a global batch of 33 over 2 processes was accepted")
+
+
+def test_wrn_without_self_teacher_trains_on_two_processes(tmp_path):
+    """WRN-16-2 with `ce`: no layer of the model may go without a gradient, or DDP stops
+    ("Expected to have finished reduction in the prior iteration")."""
+    res = _run(
+        tmp_path,
+        "wrn",
+        ["model.name=wrn16_2", "train.method=ce", "train.epochs=1", "train.processes=2"],
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    m = json.loads(
+        (stages.folder(tmp_path / "runs" / "wrn", "train") / "manifest.json").read_text()
+    )
+    assert m["status"] == "complete" and m["metrics"]["processes"] == 2
