@@ -16,9 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipeline.errors import ConfigError
 
 
-def _choices(names) -> str:
-    """A registry's names as an error message lists them: 'a', 'b', 'c'."""
-    return ", ".join(repr(n) for n in sorted(names))
+def _registered(value: str, names, what: str) -> str:
+    """`value` if a registry holds it, else an error listing what is: 'a', 'b', 'c'."""
+    if value not in names:
+        allowed = ", ".join(repr(n) for n in sorted(names))
+        raise ValueError(f"unknown {what} {value!r}; allowed: {allowed}")
+    return value
 
 
 class Strict(BaseModel):
@@ -57,9 +60,7 @@ class DataConfig(Strict):
     def _known_source(cls, v: str) -> str:
         from pipeline.data import SOURCES
 
-        if v not in SOURCES:
-            raise ValueError(f"unknown data source {v!r}; allowed: {_choices(SOURCES)}")
-        return v
+        return _registered(v, SOURCES, "data source")
 
     @model_validator(mode="after")
     def _root_exists(self) -> DataConfig:
@@ -181,19 +182,14 @@ class TrainConfig(Strict):
     def _known_method(cls, v: str) -> str:
         from pipeline.distill import METHODS
 
-        if v not in METHODS:
-            raise ValueError(f"unknown method {v!r}; allowed: {_choices(METHODS)}")
-        return v
+        return _registered(v, METHODS, "method")
 
     @field_validator("tracker")
     @classmethod
     def _known_tracker(cls, v: str) -> str:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # Accelerate's tracker registry
 
-        allowed = ["none", *sorted(LOGGER_TYPE_TO_CLASS)]
-        if v not in allowed:
-            raise ValueError(f"unknown tracker {v!r}; allowed: {_choices(allowed)}")
-        return v
+        return _registered(v, ["none", *LOGGER_TYPE_TO_CLASS], "tracker")
 
     @field_validator("milestones")
     @classmethod
@@ -244,10 +240,7 @@ class ExportConfig(Strict):
     def _known_formats(cls, v: list[str]) -> list[str]:
         from export.variants import VARIANTS
 
-        for name in v:
-            if name not in VARIANTS:
-                raise ValueError(f"unknown export format {name!r}; allowed: {_choices(VARIANTS)}")
-        return v
+        return [_registered(name, VARIANTS, "export format") for name in v]
 
 
 class LatencyConfig(Strict):
