@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ArtefactError, ConfigError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,12 @@ def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, s
     """Graph inputs (initialisers excluded), outputs and metadata of an ONNX file."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is not ONNX
+        raise ArtefactError(
+            f"cannot read {path} as ONNX ({type(exc).__name__}); it is truncated or not a model"
+        ) from None
     inits = {i.name for i in model.graph.initializer}
 
     def spec(v) -> TensorSpec:
@@ -170,7 +175,7 @@ def write_repository(
     # Parse back: unknown fields or wrong types would raise here, as Triton would at load time.
     parsed = text_format.Parse(text, pb2.ModelConfig())
     if parsed != cfg:
-        raise RuntimeError("config.pbtxt does not round-trip through ModelConfig")
+        raise StageError("config.pbtxt does not round-trip through ModelConfig")
     staging = model_dir.with_name(f".{name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     (staging / str(version)).mkdir(parents=True)

@@ -114,6 +114,14 @@ def _add_serving_parsers(sub) -> None:
     trt.add_argument("--iters", type=int, default=200)
 
 
+TRACEBACKS = "pipeline.traceback"  # tracebacks: the run's log file always, the console with -v
+
+
+class _HideTracebacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != TRACEBACKS
+
+
 def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
     root = logging.getLogger()
@@ -121,10 +129,15 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
+    if not verbose:
+        console.addFilter(_HideTracebacks())
     root.addHandler(console)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(log_file)
+        from pipeline.artifacts import storage_errors
+
+        with storage_errors(log_file.parent, kept="nothing was started", what=log_file):
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            fh = logging.FileHandler(log_file)
         fh.setFormatter(fmt)
         root.addHandler(fh)
     for noisy in ("torch", "onnxscript", "onnx_ir", "accelerate", "matplotlib", "PIL"):
@@ -252,7 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
+        logging.getLogger(TRACEBACKS).error("traceback of the above", exc_info=True)
         return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the one place every fault becomes an exit code
+        log.error(
+            "internal error, not a problem with your input (%s: %s). The traceback is in the "
+            "run's pipeline.log (or on the console with -v); please report it",
+            type(exc).__name__,
+            str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+        )
+        logging.getLogger(TRACEBACKS).error("traceback of the above", exc_info=True)
+        return PipelineError.exit_code
     except KeyboardInterrupt:
         again = shlex.join(
             [Path(sys.executable).name, "-m", "pipeline", *(sys.argv[1:] if argv is None else argv)]

@@ -8,13 +8,15 @@ the stage name its manifest records (`find_stage`), never by folder name or numb
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -114,6 +116,50 @@ def find_stage(
     return None
 
 
+# errno values that mean "this place cannot take the write", not "this input is bad".
+_STORAGE_ERRNOS = {
+    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+    errno.EEXIST, errno.EFBIG, errno.EIO,
+}  # fmt: skip
+# torch.save and safetensors report a failed write as RuntimeError / SafetensorError text.
+_WRITE_FAILURES = (
+    "file write failed",
+    "PytorchStreamWriter failed",
+    "No space left on device",
+    "StorageFull",
+    "Read-only file system",
+    "Disk quota exceeded",
+)
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _STORAGE_ERRNOS
+    return any(text in str(exc) for text in _WRITE_FAILURES)
+
+
+@contextmanager
+def storage_errors(
+    where: Path, kept: str = "finished stages are kept", what: str | None = None
+) -> Iterator[None]:
+    """Turn a failed write (disk full, read-only, a file where a folder should be) under `where`
+    into a StorageError naming the path and the fix; anything else passes through unchanged."""
+    from pipeline.errors import StorageError
+
+    try:
+        yield
+    except Exception as exc:
+        if not is_write_failure(exc):
+            raise
+        target = what or getattr(exc, "filename", None) or where
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+        raise StorageError(
+            f"cannot write {target}: {reason}. Free space or fix permissions under {where} "
+            f"(or point run_dir elsewhere); {kept}, and re-running the same command goes on "
+            "from there"
+        ) from exc
+
+
 def read_checkpoint_index(work: Path) -> dict[str, Any]:
     """A resumable stage's checkpoint index (`{"checkpoint": {...}, "checkpoints": [...]}`),
     empty when it has none. The runner copies it into the manifest as the record of what the
@@ -131,12 +177,63 @@ def read_checkpoint_index(work: Path) -> dict[str, Any]:
         ) from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+class _HashCache:
+    """sha256 of files, each hashed once per process: keyed by device, inode, size and
+    modification time, so a file renamed into place (a stage commit) is not hashed again and a
+    file rewritten since is."""
+
+    def __init__(self) -> None:
+        self._by_stat: dict[tuple[int, int, int, int], str] = {}
+
+    def sha256(self, path: Path, chunk: int = 1 << 20) -> str:
+        st = os.stat(path)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._by_stat:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(chunk):
+                    h.update(block)
+            self._by_stat[key] = h.hexdigest()
+        return self._by_stat[key]
+
+
+_HASHES = _HashCache()
+
+
+def sha256_file(path: Path) -> str:
+    return _HASHES.sha256(Path(path))
+
+
+def verify_files(m: Manifest, only: list[str] | None = None) -> None:
+    """Check the files a manifest lists (or `only` these) against their recorded sha256.
+
+    Raises ArtefactError naming the file, the expected and the found hash, and `--from STAGE`
+    to rebuild it: nothing is read from a file that differs from what its stage made.
+    """
+    from pipeline.errors import ArtefactError
+
+    if m.folder is None:
+        raise ValueError("manifest has no folder")
+    rels = list(m.files) if only is None else only
+    way_out = (
+        f"Rebuild it with `python -m pipeline run CONFIG --from {m.stage}` "
+        "(re-runs that stage and every stage after it)"
+    )
+    for rel in rels:
+        path = m.folder / rel
+        expected = m.files.get(rel)
+        if expected is None:
+            raise ArtefactError(
+                f"{path} is not listed in {m.folder / MANIFEST}, so it cannot be trusted. {way_out}"
+            )
+        if not path.is_file():
+            raise ArtefactError(f"{path} is missing (listed in {m.folder / MANIFEST}). {way_out}")
+        found = sha256_file(path)
+        if found != expected:
+            raise ArtefactError(
+                f"{path} does not match its manifest: expected sha256 {expected}, found {found}; "
+                f"the file changed after the {m.stage} stage wrote it. {way_out}"
+            )
 
 
 def hash_files(folder: Path, exclude_dirs: tuple[str, ...] = ("checkpoints",)) -> dict[str, str]:

@@ -354,11 +354,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{source} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
+        if loaded is None:  # nothing but whitespace or comments; `{}` asks for all defaults
+            raise ConfigError(
+                f"{source} is empty; a config names at least the run, e.g. `name: my-run`, and "
+                "the sections it changes (`python -m pipeline check pipeline.yaml` shows them "
+                "all); write `{}` to take every default"
+            )
+        if not isinstance(loaded, dict):
             raise ConfigError(
                 f"{source}: the top level must be a mapping of sections, got {type(loaded).__name__}"
             )
-        tree = loaded or {}
+        tree = loaded
     for item in overrides or []:
         _apply_override(tree, item)
     try:

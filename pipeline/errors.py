@@ -6,7 +6,10 @@
     +-- DataError (4)            missing data, wrong layout, unreadable images
     +-- StageError (5)           a stage could not run or finish
     |   +-- ExportParityError (6)  an exported model disagrees with torch
+    |   +-- StorageError (9)       cannot write: disk full, read-only or not a folder
     +-- GpuUnavailable (7)       a GPU command without a CUDA device or TensorRT
+    +-- ArtefactError (8)        an artefact differs from its manifest, is missing, corrupt or
+                                 truncated (weights, ONNX files, checkpoints, manifests)
 
     130: interrupted (Ctrl-C, SIGTERM); finished stages and checkpoints are kept
 
@@ -54,6 +57,20 @@ class GpuUnavailable(PipelineError):
     exit_code = 7
 
 
+class ArtefactError(PipelineError):
+    """A file the pipeline made cannot be trusted: hash mismatch, missing, corrupt, truncated.
+    The message names the file, what was expected and found, and how to rebuild it."""
+
+    exit_code = 8
+
+
+class StorageError(StageError):
+    """Writing failed: the disk is full, the folder is read-only or is not a folder. Whatever
+    was finished before is kept; the message names the path."""
+
+    exit_code = 9
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -64,6 +81,8 @@ EXIT_CODES: dict[str, int] = {
         StageError,
         ExportParityError,
         GpuUnavailable,
+        ArtefactError,
+        StorageError,
     )
 }
 INTERRUPTED_EXIT_CODE = 130

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__, stages
 from pipeline.artifacts import (
+    MANIFEST,
     PARTIAL_SUFFIX,
     Manifest,
     StageContext,
@@ -24,9 +25,11 @@ from pipeline.artifacts import (
     hash_files,
     read_checkpoint_index,
     stage_key,
+    storage_errors,
+    verify_files,
 )
 from pipeline.config import PipelineConfig, dump_config
-from pipeline.errors import ConfigError, DataError, GateFailed, StageError
+from pipeline.errors import ArtefactError, ConfigError, DataError, GateFailed, StageError
 
 log = logging.getLogger("pipeline")
 
@@ -102,7 +105,7 @@ def _run_stages(
         inputs = {s: manifests[s] for s in stage.inputs if s in manifests}
         key = key_of(name, cfg, inputs, data_fp)
         folder = stages.folder(run_dir, name)
-        existing = Manifest.load(folder)
+        existing = _existing(folder, name, rebuild=name in selected and name in forced)
         if name not in selected:
             if existing is None or not existing.complete:
                 if stages.NAMES.index(name) < last_selected:
@@ -113,15 +116,31 @@ def _run_stages(
                 continue
             if existing.key != key:
                 log.warning("%s: using earlier output whose settings differ from this config", name)
+            verify_files(existing)  # an input is read only if it is what its stage made
             manifests[name] = existing
             continue
         if existing and existing.complete and existing.key == key and name not in forced:
-            log.info("%s: up to date (key %s), skipped", name, key)
+            verify_files(existing)
+            log.info("%s: up to date (key %s), verified, skipped", name, key)
             manifests[name] = existing
             continue
         if name in forced:
             _discard_partial(folder)  # --force/--from mean "from scratch", not "resume"
         manifests[name] = _run_stage(name, key, inputs, folder, ctx, data_fp)
+
+
+def _existing(folder: Path, name: str, rebuild: bool) -> Manifest | None:
+    """The stage's manifest, None if it never ran; a stage folder without a readable manifest
+    is refused unless this run rebuilds the stage (its files cannot be trusted, and silently
+    re-running a finished stage would leave later stages describing other files)."""
+    existing = Manifest.load(folder)
+    if existing is None and folder.exists() and not rebuild:
+        raise ArtefactError(
+            f"{folder} has no readable {MANIFEST}, so what it holds cannot be trusted and later "
+            f"stages may have been built from it. Rebuild it and everything after it with "
+            f"`python -m pipeline run CONFIG --from {name}`"
+        )
+    return existing
 
 
 def _write_report(run_dir: Path, cfg: PipelineConfig) -> None:
@@ -187,6 +206,18 @@ def _work_folder(folder: Path, key: str) -> Path:
 
 
 def _run_stage(
+    stage: str,
+    key: str,
+    inputs: dict[str, Manifest],
+    folder: Path,
+    ctx: StageContext,
+    data_fp: str,
+) -> Manifest:
+    with storage_errors(folder.parent, kept="finished stages and checkpoints are kept"):
+        return _run_stage_in(stage, key, inputs, folder, ctx, data_fp)
+
+
+def _run_stage_in(
     stage: str,
     key: str,
     inputs: dict[str, Manifest],

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.artifacts import Manifest, find_stage
+from pipeline.artifacts import Manifest, find_stage, verify_files
 from pipeline.errors import ConfigError
 
 
@@ -25,10 +25,14 @@ def _export_manifest(p: Path) -> Manifest | None:
 
 
 def resolve_onnx(path: str | Path, artefact: str = "onnx") -> Path:
+    """The ONNX file to serve, checked against its export manifest's sha256 when it has one."""
     p = Path(path)
     if p.is_file():
         if p.suffix != ".onnx":
             raise ConfigError(f"{p} is not an .onnx file; pass a model.onnx, or a run folder")
+        here = Manifest.load(p.parent)
+        if here is not None and p.name in here.files:  # a file of a pipeline stage
+            verify_files(here, only=[p.name])
         return p
     if not p.exists():
         raise ConfigError(
@@ -47,10 +51,5 @@ def resolve_onnx(path: str | Path, artefact: str = "onnx") -> Path:
             f"the export in {manifest.folder} has no {artefact!r} artefact (it has: {known}); pick "
             "one of those, or add it to export.formats and re-run the export stage"
         )
-    out = manifest.path(arts[artefact])
-    if not out.is_file():
-        raise ConfigError(
-            f"{out} is listed in {manifest.folder / 'manifest.json'} but missing; re-run the export "
-            "stage (`--from export`)"
-        )
-    return out
+    verify_files(manifest, only=[arts[artefact]])  # missing or changed: ArtefactError
+    return manifest.path(arts[artefact])

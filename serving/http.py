@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.images import to_rgb8
 from serving.predictor import OrtPredictor
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
                 f"{name}: {w}x{h} is {w * h:,} pixels, over this server's limit of "
                 f"{max_pixels:,}; downscale it before sending"
             )
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return to_rgb8(im)
     except UnidentifiedImageError:
         raise BadImage(
             f"{name}: not an image Pillow can read ({len(data)} bytes); send PNG, JPEG, BMP, "

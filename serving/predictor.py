@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import GpuUnavailable, StageError
+from pipeline.errors import ArtefactError, GpuUnavailable, StageError
 
 
 def import_onnxruntime():
@@ -43,9 +43,17 @@ class OrtPredictor:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
-        )
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):
+                raise
+            raise ArtefactError(
+                f"ONNX Runtime cannot load {self.path}: {str(exc).strip().splitlines()[0]}. The "
+                "file is truncated, corrupt or not an ONNX model; re-export it (`--from export`)"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         raw = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in raw.items()}

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from pipeline.artifacts import Manifest
+from pipeline.artifacts import Manifest, hash_files
 
 CLASSES = ["cat", "dog", "ship", "truck"]
 SIZE = 8
@@ -54,5 +54,6 @@ def fake_run(tmp_path: Path, model: Path) -> Path:
     (export / "model.onnx").write_bytes(model.read_bytes())
     m = Manifest(stage="export", key="k", status="complete")
     m.extra = {"artefacts": {"onnx": "model.onnx"}}
+    m.files = hash_files(export)
     m.write(export)
     return export.parent

@@ -65,12 +65,14 @@ class FileImages(ImageSet):
 
 
 def decode_image(path: Path) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
+
+    from pipeline.images import bad_image_errors, to_rgb8
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+            arr = to_rgb8(im)
+    except bad_image_errors() as exc:
         raise DataError(
             f"cannot decode image {path}: {exc}. Replace or delete the file "
             "(a corrupt or truncated file)"

@@ -17,6 +17,7 @@ import torch
 
 from pipeline.data.base import FileImages, ImageSet, TensorImages, available_cpus, hash_parts
 from pipeline.errors import DataError
+from pipeline.images import bad_image_errors, to_rgb8
 
 IMAGE_EXTENSIONS = {
     ".jpg",
@@ -62,16 +63,14 @@ def _open_rgb(path: Path, draft: bool) -> np.ndarray:
         if draft:
             # JPEG DCT scaling: reads the whole stream (so truncation is caught) at 1/8 the cost.
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return to_rgb8(im)
 
 
 def _try(path: Path, draft: bool) -> np.ndarray | str:
     """The decoded HWC array, or the reason it could not be decoded."""
-    from PIL import UnidentifiedImageError
-
     try:
         return _open_rgb(path, draft)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+    except bad_image_errors() as exc:
         return f"{type(exc).__name__}: {exc}"
 
 
@@ -95,7 +94,7 @@ def estimate_decoded_bytes(paths: Sequence[Path]) -> tuple[int, bool]:
         try:
             with Image.open(paths[i]) as im:
                 sizes.append(im.size)
-        except (OSError, ValueError, SyntaxError):
+        except bad_image_errors():
             continue  # bad files are dealt with by the decode pass, under on_bad_image
     if not sizes:
         return 0, False

@@ -37,6 +37,17 @@ def build_backbone(spec: dict[str, Any], *, feature_taps: bool = False) -> nn.Mo
 
 
 def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:
-    state = load_file(str(folder / f"{stem_name}.safetensors"))
+    """Weights from safetensors into `model` (strict); a corrupt file is an ArtefactError."""
+    from safetensors import SafetensorError
+
+    from pipeline.errors import ArtefactError
+
+    path = folder / f"{stem_name}.safetensors"
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ArtefactError(
+            f"cannot read weights {path}: {exc}; rebuild the stage that wrote it (`--from`)"
+        ) from None
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Manifest, StageContext, StageResult
-from pipeline.errors import ExportParityError
+from pipeline.errors import ExportParityError, PipelineError, StageError
+from pipeline.gates import at_least, at_most, show
 
 log = logging.getLogger("pipeline.export")
 
@@ -28,6 +29,22 @@ def calibration_batch(ctx: StageContext, n: int) -> np.ndarray:
     return view.stack().numpy().astype(np.float32)
 
 
+def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, samples: int) -> Path:
+    """One export variant; a builder's own failure (onnxruntime's quantizer raises bare
+    assertions) becomes a StageError that names the variant."""
+    try:
+        return variant.build(
+            fp32, out_dir / variant.filename, lambda: calibration_batch(ctx, samples)
+        )
+    except (PipelineError, OSError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the variant named
+        raise StageError(
+            f"building export variant {variant.name!r} from {fp32.name} failed: "
+            f"{type(exc).__name__}: {exc}. Drop it from export.formats to export without it"
+        ) from exc
+
+
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
     from export.onnx import add_metadata, export_onnx, onnx_metadata, ort_parity
     from export.variants import VARIANTS
@@ -42,25 +59,22 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     add_metadata(path, onnx_metadata(spec, prune.key))
     parity = ort_parity(path, model, images)
     e = cfg.export
-    log.info(
-        "onnx parity: max |diff| %.3g, top-1 agreement %.4f",
-        parity["max_abs_diff"],
-        parity["top1_agreement"],
-    )
-    if parity["max_abs_diff"] > e.atol or parity["top1_agreement"] < e.min_top1_agreement:
+    diff, agree = parity["max_abs_diff"], parity["top1_agreement"]
+    log.info("onnx parity: max |diff| %s, top-1 agreement %s", show(diff, 3), show(agree))
+    if not (at_most(diff, e.atol) and at_least(agree, e.min_top1_agreement)):  # NaN fails
         raise ExportParityError(
-            f"ONNX Runtime logits differ from torch: max |diff| {parity['max_abs_diff']:.3g} "
-            f"(limit export.atol={e.atol}), top-1 agreement {parity['top1_agreement']:.4f} "
-            f"(limit export.min_top1_agreement={e.min_top1_agreement}) on {parity['samples']} test images"
+            f"ONNX Runtime logits differ from torch: max |diff| {show(diff, 3)} "
+            f"(limit export.atol={e.atol}), top-1 agreement {show(agree)} "
+            f"(limit export.min_top1_agreement={e.min_top1_agreement}) on {parity['samples']} "
+            "test images"
+            + ("; non-finite logits: check the trained weights" if not at_most(diff, 1e308) else "")
         )
     (out_dir / "classes.json").write_text(json.dumps(spec["classes"]))
     metrics = {"onnx": {"parity": parity, "opset": e.opset, "bytes": path.stat().st_size}}
     artefacts = {"onnx": "model.onnx"}
     for fmt in e.formats:
         variant = VARIANTS[fmt]
-        made = variant.build(
-            path, out_dir / variant.filename, lambda: calibration_batch(ctx, e.calibration_samples)
-        )
+        made = _build_variant(variant, path, out_dir, ctx, e.calibration_samples)
         artefacts[fmt] = made.name
         # Reduced precision is judged on accuracy by the validate gates; this records how far it moved.
         metrics[fmt] = {"parity": ort_parity(made, model, images), "bytes": made.stat().st_size}

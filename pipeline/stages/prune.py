@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.artifacts import Manifest, StageContext, StageResult
 from pipeline.errors import StageError
+from pipeline.gates import at_most, show
 
 if TYPE_CHECKING:
     import torch
@@ -109,9 +110,10 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
 
     images = ctx.data.test.stack(cfg.prune.parity_samples)
     parity = logit_parity(wrapper, deployed, images)
-    if not parity["max_abs_diff"] <= cfg.prune.atol:  # NaN fails too
+    if not at_most(parity["max_abs_diff"], cfg.prune.atol):  # NaN fails too
         raise StageError(
-            f"deployed classifier logits differ from the training model's by {parity['max_abs_diff']:.3g} "
+            f"deployed classifier logits differ from the training model's by "
+            f"{show(parity['max_abs_diff'], 3)} "
             f"(limit prune.atol={cfg.prune.atol}) on {parity['samples']} test images; "
             "the auxiliary branch must not feed the classifier"
         )

@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.artifacts import Manifest, StageContext, StageResult, write_json_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailed
+from pipeline.gates import at_least, at_most, show
 from pipeline.timing import latency, throughput
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
                 "gate": f"{name}.top1 >= min_top1",
                 "value": a["top1"],
                 "limit": g.min_top1,
-                "passed": a["top1"] >= g.min_top1,
+                "passed": at_least(a["top1"], g.min_top1),
             }
         )
     ref = artefacts["torch"]["top1"]
@@ -100,7 +101,7 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
                 "gate": f"{name}.top1_drop <= {key}",
                 "value": drop,
                 "limit": limit,
-                "passed": drop <= limit,
+                "passed": at_most(drop, limit),
             }
         )
     return gates
@@ -146,7 +147,7 @@ def run(
         raise GateFailed(
             "gate failed: "
             + "; ".join(
-                f"{g['gate']}: measured {g['value']:.4f}, limit {g['limit']}" for g in failed
+                f"{g['gate']}: measured {show(g['value'])}, limit {g['limit']}" for g in failed
             )
             + f". Everything measured is in {ctx.run_dir / 'report.md'}",
             result=StageResult(metrics=metrics),

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import CHECKPOINT_INDEX as INDEX_FILE
+from pipeline.artifacts import hash_files, sha256_file, storage_errors, write_json_atomic
 from pipeline.artifacts import read_checkpoint_index as read_index
-from pipeline.artifacts import write_json_atomic
-from pipeline.errors import StageError
+from pipeline.errors import ArtefactError
 
 log = logging.getLogger("pipeline.train")
 
@@ -52,7 +52,9 @@ class Checkpointer:
         """Collective: every rank calls it at the same step."""
         name = f"e{state.epoch:04d}-b{state.batch:06d}-s{state.step:08d}"
         tmp, final = self.root / f".tmp-{name}", self.root / name
-        try:
+        last = (self.latest() or {}).get("name")
+        kept = f"the last good checkpoint ({last}) is kept" if last else "no checkpoint was kept"
+        with storage_errors(self.root, kept=kept, what=f"checkpoint {final}"):
             if self.acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-save
                 tmp.mkdir(parents=True)
@@ -64,43 +66,95 @@ class Checkpointer:
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.rename(final)
                 self._record(name, state)
-        except OSError as exc:
-            raise StageError(
-                f"cannot write checkpoint {final}: {exc.strerror or exc}. Free space or fix permissions "
-                f"on {self.root}; the last good checkpoint ({(self.latest() or {}).get('name')}) is kept "
-                "and re-running the same command resumes from it"
-            ) from exc
         self.acc.wait_for_everyone()
         return final
 
     def _record(self, name: str, state: TrainerState) -> None:
-        names = [*read_index(self.work).get("checkpoints", []), name]
+        """Name the new checkpoint in the index, with each file's sha256 (checked on resume)."""
+        old_index = read_index(self.work)
+        names = [*old_index.get("checkpoints", []), name]
+        record = {
+            "name": name,
+            "epoch": state.epoch,
+            "batch": state.batch,
+            "step": state.step,
+            "files": hash_files(self.root / name, exclude_dirs=()),
+        }
+        records = {**old_index.get("records", {}), name: record}
         index = {
-            "checkpoint": {
-                "name": name,
-                "epoch": state.epoch,
-                "batch": state.batch,
-                "step": state.step,
-            },
+            "checkpoint": record,
             "checkpoints": names[-self.keep :],
+            "records": {n: records[n] for n in names[-self.keep :] if n in records},
         }
         write_json_atomic(self.work / INDEX_FILE, index)  # the commit point
         for old in names[: -self.keep]:
             shutil.rmtree(self.root / old, ignore_errors=True)
 
     def load(self) -> TrainerState | None:
-        rec = self.latest()
+        """Resume from the newest checkpoint that is intact; a corrupt one is named, skipped for
+        the one before it (the index then names that one), or refused when none is left."""
+        index = read_index(self.work)
+        rec = index.get("checkpoint")
         if rec is None:
             return None
+        records = index.get("records", {})
+        older = [records[n] for n in reversed(index.get("checkpoints", [])) if n in records]
+        problems = []
+        for candidate in [rec, *(r for r in older if r["name"] != rec["name"])]:
+            problem = self._damage(candidate)
+            if problem is None:
+                try:
+                    state = self._load(candidate)
+                except ArtefactError as exc:
+                    problem = str(exc)
+                else:
+                    if candidate["name"] != rec["name"]:
+                        self._fall_back_to(index, candidate)
+                    return state
+            log.warning("checkpoint %s cannot be used: %s", candidate["name"], problem)
+            problems.append(f"{candidate['name']}: {problem}")
+        raise ArtefactError(
+            f"no checkpoint in {self.root} can be resumed ({'; '.join(problems)}). Restart the "
+            "stage from scratch with `--force` (or `--from train`)"
+        )
+
+    def _damage(self, rec: dict[str, Any]) -> str | None:
+        """Why a checkpoint cannot be loaded (missing or changed file), or None if it is intact."""
         folder = self.root / rec["name"]
         if not (folder / STATE_FILE).is_file():
-            raise StageError(
-                f"{self.work / INDEX_FILE} names checkpoint {folder}, which is missing or incomplete; "
-                "delete that .partial folder or pass --force to train from scratch"
-            )
-        self.acc.load_state(str(folder))
-        state = TrainerState(**json.loads((folder / STATE_FILE).read_text()))
+            return f"{folder} is missing or incomplete"
+        for rel, expected in rec.get("files", {}).items():
+            path = folder / rel
+            if not path.is_file():
+                return f"{path} is missing"
+            found = sha256_file(path)
+            if found != expected:
+                return f"{path} is corrupt (sha256 {found}, recorded {expected})"
+        return None
+
+    def _load(self, rec: dict[str, Any]) -> TrainerState:
+        folder = self.root / rec["name"]
+        try:
+            self.acc.load_state(str(folder))
+            state = TrainerState(**json.loads((folder / STATE_FILE).read_text()))
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported as such
+            # Never retried with weights_only=False: a checkpoint that fails the safe loader is
+            # not loaded at all.
+            raise ArtefactError(f"{folder} cannot be loaded ({type(exc).__name__})") from exc
         log.info(
             "resuming from checkpoint %s (epoch %d, batch %d)", folder, state.epoch, state.batch
         )
         return state
+
+    def _fall_back_to(self, index: dict[str, Any], rec: dict[str, Any]) -> None:
+        """The index names the intact checkpoint from now on; the damaged newer ones go."""
+        keep = index.get("checkpoints", [])
+        keep = keep[: keep.index(rec["name"]) + 1] if rec["name"] in keep else [rec["name"]]
+        fixed = {
+            "checkpoint": rec,
+            "checkpoints": keep,
+            "records": {n: r for n, r in index.get("records", {}).items() if n in keep},
+        }
+        if self.acc.is_main_process:
+            write_json_atomic(self.work / INDEX_FILE, fixed)
+        log.warning("resumed from the earlier checkpoint %s instead", rec["name"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.artifacts import write_json_atomic, write_text_atomic
+from pipeline.artifacts import storage_errors, write_json_atomic, write_text_atomic
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.data import DataBundle
 from pipeline.errors import StageError
@@ -79,13 +79,8 @@ def weights_sha256(model: nn.Module) -> str:
 
 
 def _write_outputs_guarded(path: Path, write) -> None:
-    try:
+    with storage_errors(path.parent, kept="the last good checkpoint is kept"):
         write()
-    except OSError as exc:
-        raise StageError(
-            f"cannot write {path}: {exc.strerror or exc}. Free space or fix permissions on {path.parent}; "
-            "the last good checkpoint is kept and re-running the same command resumes from it"
-        ) from exc
 
 
 def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
