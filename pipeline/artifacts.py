@@ -154,9 +154,8 @@ def storage_errors(
         target = what or getattr(exc, "filename", None) or where
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
         raise StorageError(
-            f"cannot write {target}: {reason}. Free space or fix permissions under {where} "
-            f"(or point run_dir elsewhere); {kept}, and re-running the same command goes on "
-            "from there"
+            f"cannot write {target}: {reason}. Free space or fix permissions under {where} (or "
+            f"point run_dir elsewhere), then run the same command again; {kept}"
         ) from exc
 
 
