@@ -45,16 +45,32 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
     program.save(str(path))
 
 
-def add_metadata(path: Path, meta: dict[str, Any]) -> None:
+def add_metadata(
+    path: Path, meta: dict[str, Any], *, doc_string: str = "", model_version: int = 1
+) -> None:
+    """Class names and preprocessing as metadata, a description and a version, then check."""
     import onnx
 
     model = onnx.load(str(path))
+    model.doc_string = doc_string
+    model.model_version = model_version
     del model.metadata_props[:]
     for k, v in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = k, v if isinstance(v, str) else json.dumps(v)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
+
+
+def describe(spec: dict[str, Any]) -> str:
+    """One sentence for the ONNX doc_string: what the model is and what it expects."""
+    p = spec["preset"]
+    return (
+        f"{spec['arch']} (width {spec['width']}, {spec['stem']} stem) image classifier over "
+        f"{spec['num_classes']} classes, trained with {spec['method']}; input NCHW float32 RGB "
+        f"{p['input_size']}x{p['input_size']}, (x/255 - mean)/std with mean {p['mean']} and std "
+        f"{p['std']}; output logits. Class names and preprocessing are in metadata_props."
+    )
 
 
 def onnx_metadata(spec: dict[str, Any], source_key: str) -> dict[str, Any]:

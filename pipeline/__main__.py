@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline run|check|data CONFIG`, `report RUN` and
+"""Command line: `python -m pipeline run|check|data CONFIG`, `report RUN`, `compare RUN...` and
 `serve|triton|tensorrt MODEL`.
 
 The only place that exits; each command parses, sets up logging and calls library code. Exit
@@ -71,6 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="rebuild report.md / report.json of a run from its manifests"
     )
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/digits-resnet18")
+
+    compare = sub.add_parser(
+        "compare", help="one table and accuracy-latency figure across finished runs"
+    )
+    compare.add_argument(
+        "runs", type=Path, nargs="+", help="run folders; the first is the reference"
+    )
+    compare.add_argument(
+        "--out", type=Path, default=Path("runs/compare"), help="folder for compare.md/.html/.json"
+    )
     _add_serving_parsers(sub)
     return parser
 
@@ -200,6 +210,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.report.compare import compare
+
+    out = compare(args.runs, args.out)
+    print(out / "compare.md")
+    print(out / "compare.html")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.artefacts import resolve_onnx
     from serving.http import serve
@@ -258,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "check": _cmd_check,
             "data": _cmd_data,
             "report": _cmd_report,
+            "compare": _cmd_compare,
             "serve": _cmd_serve,
             "triton": _cmd_triton,
             "tensorrt": _cmd_tensorrt,

@@ -289,10 +289,22 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    """The processor's marketing name (Linux /proc/cpuinfo), else what platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
+        "cpu_model": cpu_model(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),

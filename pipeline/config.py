@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -234,6 +234,9 @@ class ExportConfig(Strict):
     calibration_samples: int = Field(
         256, ge=8, description="train images (eval transform) for INT8"
     )
+    model_version: int = Field(
+        1, ge=1, description="the ONNX model_version and the model card's version"
+    )
 
     @field_validator("formats")
     @classmethod
@@ -251,6 +254,26 @@ class LatencyConfig(Strict):
     threads: int | None = Field(None, ge=1, description="intra-op threads; None = all cores")
 
 
+class SweepConfig(Strict):
+    """Latency against batch size and thread count, per artefact, for the report."""
+
+    enabled: bool = True
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field([1, 8, 32, 64], min_length=1)
+    threads: list[Annotated[int, Field(ge=0)]] = Field(
+        [1, 0], min_length=1, description="intra-op thread counts; 0 = all cores"
+    )
+    min_runs: int = Field(200, ge=5, description="timed runs per point (or max_seconds)")
+    max_seconds: float = Field(5.0, gt=0.0, description="time per point (or min_runs)")
+    warmup: int = Field(5, ge=0)
+
+    @field_validator("batch_sizes", "threads")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("list each value once")
+        return v
+
+
 class GatesConfig(Strict):
     min_top1: float = Field(0.0, ge=0.0, le=1.0)
     max_top1_drop: float = Field(0.01, ge=0.0, le=1.0, description="FP32/FP16 artefacts vs torch")
@@ -260,6 +283,8 @@ class GatesConfig(Strict):
 class ValidateConfig(Strict):
     gates: GatesConfig = GatesConfig()
     latency: LatencyConfig = LatencyConfig()
+    sweep: SweepConfig = SweepConfig()
+    mistakes: int = Field(8, ge=0, description="most confident test mistakes kept for the report")
 
 
 class PipelineConfig(Strict):

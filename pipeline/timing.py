@@ -44,3 +44,33 @@ def throughput(fn: Callable[[], Any], batch: int, *, warmup: int, iters: int) ->
         "images_per_s": batch * iters / elapsed,
         "batch_ms": 1000.0 * elapsed / iters,
     }
+
+
+def sweep_point(
+    fn: Callable[[], Any], batch: int, *, min_runs: int, max_seconds: float, warmup: int
+) -> dict[str, float]:
+    """Latency percentiles and images/s of one (batch size, threads) point.
+
+    One timed call per run, after `warmup` untimed ones; timing stops at `min_runs` runs or
+    after `max_seconds`, whichever comes first, with at least 5 runs.
+    """
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < min_runs and (
+        len(samples) < 5 or time.perf_counter() - start < max_seconds
+    ):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    ms = np.asarray(samples) * 1000.0
+    return {
+        "batch": batch,
+        "runs": len(samples),
+        "p50": float(np.percentile(ms, 50)),
+        "p90": float(np.percentile(ms, 90)),
+        "p99": float(np.percentile(ms, 99)),
+        "mean": float(ms.mean()),
+        "images_per_s": float(batch * 1000.0 / ms.mean()),
+    }

@@ -56,6 +56,11 @@ TINY = [
     "validate.latency.throughput_batch=8",
     "validate.latency.throughput_iters=2",
     "validate.gates.min_top1=0.0",
+    "validate.sweep.batch_sizes=[1, 4]",
+    "validate.sweep.threads=[1]",
+    "validate.sweep.min_runs=5",
+    "validate.sweep.max_seconds=0.05",
+    "validate.sweep.warmup=0",
 ]
 
 

@@ -32,7 +32,7 @@ class Stage:
 TABLE: tuple[Stage, ...] = (
     Stage("train", train.run, inputs=(), config=("data", "model", "train")),
     Stage("prune", prune.run, inputs=("train",), config=("prune",)),
-    Stage("export", export.run, inputs=("prune",), config=("export",)),
+    Stage("export", export.run, inputs=("train", "prune"), config=("export",)),
     Stage("validate", validate.run, inputs=("prune", "export"), config=("validate",)),
 )
 STAGES: dict[str, Stage] = {s.name: s for s in TABLE}

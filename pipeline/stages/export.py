@@ -46,7 +46,8 @@ def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, sample
 
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
-    from export.onnx import add_metadata, export_onnx, onnx_metadata, ort_parity
+    from export.model_card import model_card
+    from export.onnx import add_metadata, describe, export_onnx, onnx_metadata, ort_parity
     from export.variants import VARIANTS
     from pipeline.models.io import build_backbone, load_weights, read_spec
 
@@ -56,7 +57,12 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     images = ctx.data.test.stack(cfg.export.parity_samples)
     path = out_dir / "model.onnx"
     export_onnx(model, images[:2], path, cfg.export.opset)
-    add_metadata(path, onnx_metadata(spec, prune.key))
+    add_metadata(
+        path,
+        onnx_metadata(spec, prune.key),
+        doc_string=describe(spec),
+        model_version=cfg.export.model_version,
+    )
     parity = ort_parity(path, model, images)
     e = cfg.export
     diff, agree = parity["max_abs_diff"], parity["top1_agreement"]
@@ -81,4 +87,11 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         log.info(
             "%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"]
         )
+    train = inputs["train"]
+    card = model_card(
+        spec, run=cfg.name, version=e.model_version, data={**train.data, "name": cfg.data.name},
+        training=train.metrics,
+        parity=parity, artefacts=artefacts,
+    )  # fmt: skip
+    (out_dir / "MODEL_CARD.md").write_text(card)
     return StageResult(metrics=metrics, extra={"artefacts": artefacts})

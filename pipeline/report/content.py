@@ -1,0 +1,212 @@
+"""What the report says: the data (`build_report`, saved as report.json) and its sections
+(`build_document`, rendered to Markdown and HTML), all from the stages' manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Manifest
+from pipeline.config import PipelineConfig
+from pipeline.report import format as f
+from pipeline.report.document import Document, Figure, Section, Table
+
+
+def build_report(
+    cfg: PipelineConfig, train: Manifest | None, prune: Manifest, export: Manifest, val: Manifest
+) -> dict[str, Any]:
+    """Everything the report shows, from the stages' manifests."""
+    v = val.metrics
+    return {
+        "run": cfg.name,
+        "passed": all(g["passed"] for g in v["gates"]),
+        "data": (train.data if train else {}) | {"name": cfg.data.name},
+        "model": {"name": cfg.model.name, "width": cfg.model.width, "method": cfg.train.method},
+        "artefacts": v["artefacts"],
+        "gates": v["gates"],
+        "threads": v["threads"],
+        "test_samples": v.get("test_samples"),
+        "classes": v.get("classes", []),
+        "timing": v.get("timing", ""),
+        "environment": val.environment,
+        "training": train.metrics if train else {},
+        "prune": prune.metrics,
+        "export": export.metrics,
+        "stage_keys": {m.stage: m.key for m in (train, prune, export, val) if m},
+    }
+
+
+def _summary(r: dict[str, Any]) -> list[str]:
+    d, m = r["data"], r["model"]
+    verdict = "PASSED" if r["passed"] else "FAILED"
+    lines = [
+        f"**{verdict}**: {m['name']} (width {m['width']}), method `{m['method']}`, data "
+        f"`{d.get('name')}` ({d.get('num_classes', '?')} classes; "
+        f"{f.splits(d.get('sizes', {}))} images).",
+    ]
+    ref = r["artefacts"]["torch"]
+    name, fastest = min(r["artefacts"].items(), key=lambda kv: kv[1]["latency_ms"]["p50"])
+    line = f"Test top-1 {f.pct(ref['top1'])} (torch FP32)."
+    if name != "torch":
+        line += (
+            f" The fastest artefact, `{name}`, answers one image in "
+            f"{f.ms(fastest['latency_ms']['p50'])} ms (p50) at top-1 {f.pct(fastest['top1'])}: "
+            f"{f.speedup(ref['latency_ms']['p50'], fastest['latency_ms']['p50'])} the speed of "
+            "torch FP32."
+        )
+    lines.append(line)
+    lines.append(
+        f"Serve it: `python -m pipeline serve runs/{r['run']}` (`--artefact onnx_int8` for the "
+        "INT8 model). The resolved configuration is in `config.yaml` beside this report."
+    )
+    return lines
+
+
+def _artefacts(r: dict[str, Any], figures: dict[str, str]) -> Section:
+    ref = r["artefacts"]["torch"]["latency_ms"]["p50"]
+    rows = []
+    for name, a in r["artefacts"].items():
+        lat, th = a["latency_ms"], a["throughput"]
+        rows.append([
+            name, a["backend"], f.pct(a["top1"]), f.ms(lat["p50"]), f.ms(lat["p90"]),
+            f.ms(lat["p99"]), f"{f.per_s(th['images_per_s'])} (batch {th['batch']})",
+            f.speedup(ref, lat["p50"]), f.size(a["bytes"]),
+        ])  # fmt: skip
+    header = ["artefact", "back end", "top-1", "p50 ms", "p90 ms", "p99 ms", "images/s",
+              "speed-up vs torch FP32 (p50)", "size"]  # fmt: skip
+    blocks: list = [
+        f"Test split ({f.count(r.get('test_samples'))} images), {r['threads']} CPU threads. "
+        "Latency is one image per call (batch 1); throughput at the batch shown.",
+        Table(header, rows),
+    ]
+    if "accuracy_latency" in figures:
+        blocks.append(Figure(figures["accuracy_latency"], "Top-1 against batch-1 latency for "
+                             "every artefact; the dashed line joins the points no other beats "
+                             "on both."))  # fmt: skip
+    gates = [[g["gate"], f"{g['value']:.4f}", str(g["limit"]),
+              "pass" if g["passed"] else "**FAIL**"] for g in r["gates"]]  # fmt: skip
+    blocks += ["Gates:", Table(["gate", "measured", "limit", "result"], gates)]
+    return Section("Artefacts and gates", blocks)
+
+
+def _sweep(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
+    ref = {(p["threads"], p["batch"]): p for p in r["artefacts"]["torch"].get("sweep", [])}
+    rows = []
+    for name, a in r["artefacts"].items():
+        for p in a.get("sweep", []):
+            base = ref.get((p["threads"], p["batch"]))
+            rows.append([
+                name, str(p["threads"]), str(p["batch"]), f.ms(p["p50"]), f.ms(p["p90"]),
+                f.ms(p["p99"]), f.per_s(p["images_per_s"]),
+                f.speedup(base["mean"], p["mean"]) if base else "n/a", str(p["runs"]),
+            ])  # fmt: skip
+    if not rows:
+        return None
+    header = ["artefact", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
+              "speed-up vs torch FP32", "timed calls"]  # fmt: skip
+    blocks: list = [r.get("timing", ""), Table(header, rows)]
+    if "latency_batch" in figures:
+        blocks.append(Figure(figures["latency_batch"], "Latency per call and images/s against "
+                             "batch size, per artefact and thread count."))  # fmt: skip
+    return Section("Latency against batch size and threads", blocks)
+
+
+def _classes(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
+    blocks: list = []
+    if "confusion" in figures:
+        blocks.append(Figure(figures["confusion"], "Confusion matrix and per-class top-1 of "
+                             "the torch FP32 classifier on the test split."))  # fmt: skip
+    if "mistakes" in figures:
+        blocks.append(Figure(figures["mistakes"], "The most confident mistakes (torch FP32): "
+                             "true label, predicted label and its probability."))  # fmt: skip
+    return Section("Per class and mistakes", blocks) if blocks else None
+
+
+def _training(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
+    t = r["training"]
+    if not t:
+        return None
+    text = (
+        f"{t['epochs']} epochs in {t['train_s']:.1f} s ({f.per_s(t['images_per_s'])} images/s, "
+        f"{t['device']}, {t['processes']} process{'es' if t['processes'] > 1 else ''}). Last "
+        f"epoch: train top-1 {f.pct(t['train_top1'])}, validation top-1 "
+        f"{f.pct(t.get('val_top1'))}, test top-1 {f.pct(t['test_top1'])}"
+        + (f" (self-teacher {f.pct(t['test_aux_top1'])})" if "test_aux_top1" in t else "")
+        + "."
+    )
+    blocks: list = [text]
+    if "training" in figures:
+        blocks.append(Figure(figures["training"], "Training loss and its terms, top-1 and the "
+                             "learning rate per epoch."))  # fmt: skip
+    return Section("Training", blocks)
+
+
+def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
+    p = r["prune"]
+    par = p["parity"]
+    removed = p["params_removed"] > 0
+    saving = (
+        f.latency_saving(p["latency_training_ms"], p["latency_deployed_ms"])
+        if removed
+        else "nothing removed"
+    )
+    rows = [
+        ["training model", f.count(p["params_training"]), f.count(p["macs_training"]),
+         f.ms(p["latency_training_ms"]["p50"])],
+        ["deployed classifier", f.count(p["params_deployed"]), f.count(p["macs_deployed"]),
+         f.ms(p["latency_deployed_ms"]["p50"])],
+        ["removed branches", f.count(p["params_removed"]), f.count(p["macs_removed"]), saving],
+    ]  # fmt: skip
+    blocks: list = [
+        f"The deployed classifier against the training model on {f.count(par['samples'])} test "
+        f"images: max |logit difference| {par['max_abs_diff']:.3g}, top-1 agreement "
+        f"{f.pct(par['top1_agreement'])}."
+        + ("" if removed else " This method trains no auxiliary branch, so nothing is removed."),
+        Table(["", "parameters", "MACs / image", "torch p50 ms (batch 1)"], rows),
+    ]
+    for key in sorted(k for k in figures if k.startswith("attention")):
+        blocks.append(Figure(figures[key], f"What the self-teacher taught ({key.replace('_', ' ')}): "
+                             "image, classifier attention, self-teacher attention, foreground "
+                             "mask as trained."))  # fmt: skip
+    return Section("Removing the self-teacher", blocks)
+
+
+def _export(r: dict[str, Any]) -> Section | None:
+    if not r["export"]:
+        return None
+    rows = [[name, f"{e['parity']['max_abs_diff']:.3g}", f.pct(e["parity"]["top1_agreement"]),
+             f.count(e["parity"]["samples"])] for name, e in r["export"].items()]  # fmt: skip
+    return Section("Export parity", [
+        "Each exported model against the torch classifier on the same test images.",
+        Table(["artefact", "max abs logit diff", "top-1 agreement", "images"], rows),
+    ])  # fmt: skip
+
+
+def _environment(r: dict[str, Any]) -> Section:
+    env = r.get("environment", {})
+    keys = ["cpu_model", "cpu_count", "device", "platform", "python", "torch", "torchvision",
+            "onnx", "onnxruntime", "onnxruntime-gpu", "accelerate", "tensorrt"]  # fmt: skip
+    rows = [[k, str(env[k])] for k in keys if k in env]
+    keys_text = ", ".join(f"{s} `{k}`" for s, k in r["stage_keys"].items())
+    return Section("Environment and reproduction", [
+        Table(["", "value"], rows),
+        f"Stage keys: {keys_text}. Every file is listed with its sha256 in its stage's "
+        "`manifest.json`; `python -m pipeline report RUN_DIR` rebuilds this report from them.",
+    ])  # fmt: skip
+
+
+def build_document(r: dict[str, Any], figures: dict[str, str]) -> Document:
+    sections = [
+        _artefacts(r, figures),
+        _sweep(r, figures),
+        _classes(r, figures),
+        _training(r, figures),
+        _prune(r, figures),
+        _export(r),
+        _environment(r),
+    ]
+    return Document(f"Run `{r['run']}`", _summary(r), [s for s in sections if s is not None])
+
+
+def figure_paths(figures: dict[str, Path], run_dir: Path) -> dict[str, str]:
+    return {k: p.relative_to(run_dir).as_posix() for k, p in figures.items() if p is not None}
