@@ -53,8 +53,9 @@ def test_stages_write_only_inside_their_own_folder(with_audit) -> None:
     folders = {m.folder.name for m in manifests.values()}
     top = {p.name for p in cfg.run_path.iterdir()}
     # Besides the stage folders: the resolved config, the log and the report built from manifests.
-    assert top - folders <= {"config.yaml", "pipeline.log", "report.md", "report.json", "figures"}
-    assert {"config.yaml", "report.md", "report.json"} <= top
+    allowed = {"config.yaml", "pipeline.log", "report.md", "report.html", "report.json", "figures"}
+    assert top - folders <= allowed
+    assert {"config.yaml", "report.md", "report.html", "report.json"} <= top
     for m in manifests.values():  # what each manifest lists is exactly what its folder holds
         assert set(m.files) == set(hash_files(m.folder))
 
