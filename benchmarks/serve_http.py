@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from serving.artefacts import resolve_onnx  # noqa: E402
-from serving.http import Classifier, create_app  # noqa: E402
+from serving.classify import Classifier  # noqa: E402
+from serving.http import create_app  # noqa: E402
 from serving.predictor import OrtPredictor  # noqa: E402
 
 

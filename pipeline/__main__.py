@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("runs/compare"), help="folder for compare.md/.html/.json"
     )
     _add_serving_parsers(sub)
+    _add_triton_and_tensorrt(sub)
     return parser
 
 
@@ -95,13 +96,33 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serving_parsers(sub) -> None:
-    serve = sub.add_parser("serve", help="HTTP inference server (FastAPI, ONNX Runtime)")
+    serve = sub.add_parser(
+        "serve", help="HTTP inference server: v1 images, the v2 inference protocol, metrics"
+    )
     _add_model_arg(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0: all)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
-    serve.add_argument("--max-images", type=int, default=64, help="images per request")
+    serve.add_argument("--config", type=Path, default=None, help="YAML of server settings")
+    from serving.settings import ServeSettings
 
+    for field, info in ServeSettings.model_fields.items():
+        flag = "--" + field.replace("_", "-")
+        if field == "providers":
+            serve.add_argument(flag, nargs="+", default=None, help=info.description)
+            continue
+        serve.add_argument(
+            flag, type=_flag_type(info.annotation), default=None,
+            help=f"{info.description} (default {info.default})",
+        )  # fmt: skip
+
+
+def _flag_type(annotation) -> type:
+    """int, float or str from a settings field's annotation (`int | None` -> int)."""
+    import typing
+
+    args = typing.get_args(annotation) or (annotation,)
+    return next((t for t in (int, float, str) if t in args), str)
+
+
+def _add_triton_and_tensorrt(sub) -> None:
     triton = sub.add_parser("triton", help="write a Triton Inference Server model repository")
     _add_model_arg(triton)
     triton.add_argument("--out", type=Path, required=True, help="model repository folder")
@@ -221,16 +242,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from serving.artefacts import resolve_onnx
-    from serving.http import serve
+    from serving.server import serve
+    from serving.settings import ServeSettings, load_settings
 
-    serve(
-        resolve_onnx(args.model, args.artefact),
-        host=args.host,
-        port=args.port,
-        threads=args.threads,
-        max_images=args.max_images,
-    )
+    overrides = {k: getattr(args, k) for k in ServeSettings.model_fields}
+    settings = load_settings(args.config, overrides)
+    model = resolve_onnx(args.model, args.artefact)
+    _check_model_loads(model, settings)
+    serve(model, settings)
     return 0
+
+
+def _check_model_loads(model: Path, settings) -> None:
+    """Fail with the right exit code before binding a port if the model cannot be loaded."""
+    from serving.predictor import OrtPredictor
+
+    OrtPredictor(model, threads=1, providers=settings.providers)
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:

@@ -34,8 +34,16 @@ class OrtPredictor:
     """An ONNX Runtime session with the exported model's preprocessing and class names."""
 
     def __init__(
-        self, path: str | Path, *, threads: int | None = None, providers: list[str] | None = None
+        self,
+        path: str | Path,
+        *,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        spin: bool = True,
     ) -> None:
+        """`spin=False` stops the runtime's worker threads from busy-waiting after each call:
+        slower for back-to-back calls in one thread, but a server's event loop and decoding
+        threads then get the cores between calls."""
         ort = import_onnxruntime()
         self.path = Path(path)
         opts = ort.SessionOptions()
@@ -43,6 +51,8 @@ class OrtPredictor:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
@@ -57,6 +67,11 @@ class OrtPredictor:
         self.input_name = self.session.get_inputs()[0].name
         raw = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in raw.items()}
+
+    @property
+    def input_shape(self) -> list:
+        """The model input's shape; a dynamic axis is its name (a str) or None."""
+        return list(self.session.get_inputs()[0].shape)
 
     @property
     def classes(self) -> list[str]:

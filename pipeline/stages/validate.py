@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.artifacts import Manifest, StageContext, StageResult, write_json_atomic
-from pipeline.config import PipelineConfig
 from pipeline.errors import GateFailed
 from pipeline.gates import at_least, at_most, show
 from pipeline.timing import latency, sweep_point, throughput
 
 if TYPE_CHECKING:
     import torch
+
+    from pipeline.config import PipelineConfig
 
 log = logging.getLogger("pipeline.validate")
 
