@@ -5,7 +5,9 @@ Every artefact of every run is set against the same artefact of the first run. A
 difference counts as measured only when it is outside its 95% interval: paired over the same
 test images (from both runs' predictions) when they were judged on the same images, otherwise
 as two independent proportions. A latency difference counts only when it is larger than the
-spread (p90 - p50) of either measurement. Anything else is marked "within noise".
+spread (p90 - p50) of either measurement and the two deployed classifiers differ in cost
+(parameters or MACs); between two runs of the same architecture the difference is the
+machine's drift between the runs, not the models'. Anything else is marked "within noise".
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def _correct(preds: dict | None, artefact: str) -> np.ndarray | None:
 
 def _rows(runs: list[Path], loaded: list[tuple[dict, dict | None]]) -> list[dict[str, Any]]:
     base_report, base_preds = loaded[0]
+
+    def cost(r: dict) -> tuple:
+        p = r.get("prune", {})
+        return p.get("params_deployed"), p.get("macs_deployed")
+
     rows = []
     for run, (r, preds) in zip(runs, loaded, strict=True):
         for name, a in r["artefacts"].items():
@@ -90,7 +97,9 @@ def _rows(runs: list[Path], loaded: list[tuple[dict, dict | None]]) -> list[dict
                     "top1_diff": diff, "top1_diff_ci95": half, "paired": same_images,
                     "top1_measured": abs(diff) > half,
                     "p50_diff_ms": row["p50_ms"] - lat["p50"],
-                    "p50_measured": abs(row["p50_ms"] - lat["p50"]) > noise,
+                    "same_cost": cost(r) == cost(base_report) and None not in cost(r),
+                    "p50_measured": abs(row["p50_ms"] - lat["p50"]) > noise
+                    and cost(r) != cost(base_report),
                 }  # fmt: skip
             rows.append(row)
     return rows
@@ -104,7 +113,10 @@ def _cells(row: dict[str, Any]) -> list[str]:
     d = f"{100 * row['top1_diff']:+.2f} pts (±{100 * row['top1_diff_ci95']:.2f})"
     acc = d if row["top1_measured"] else f"{d}, {WITHIN_NOISE}"
     lat = f"{row['p50_diff_ms']:+.3f} ms"
-    return [*cells, acc, lat if row["p50_measured"] else f"{lat}, {WITHIN_NOISE}"]
+    if row["p50_measured"]:
+        return [*cells, acc, lat]
+    why = " (same model cost: machine drift)" if row.get("same_cost") else ""
+    return [*cells, acc, f"{lat}, {WITHIN_NOISE}{why}"]
 
 
 def compare(runs: list[Path], out: Path) -> Path:
