@@ -5,12 +5,14 @@ up to `max_queue_delay_us` for more (never past `max_batch_size` images), runs o
 call for all of them in a thread, and hands each request its own rows back. It waits only while
 more work is on its way (`incoming()`: requests the server has accepted and not yet queued),
 so a lone request is not delayed for a batch that cannot come. `max_batch_size=1` runs every
-image alone, as a server without batching would.
+request alone (a request's own images stay one batch), as a server without batching would.
+Only images of the same shape share a call.
 
 Back-pressure: the queue holds at most `max_queue` images; a request that does not fit is
 refused at once (`QueueFull`, the server answers 503 with Retry-After), and a request still
 waiting when its deadline passes is dropped before it reaches the model (`DeadlineExceeded`).
-`close()` stops taking work and finishes what is queued (graceful drain).
+A request waits at most its timeout in all, queued or running. `close()` stops taking work and
+finishes what is queued (graceful drain).
 """
 
 from __future__ import annotations
@@ -124,7 +126,10 @@ class Batcher:
                 self._pop()
                 item.future.set_exception(DeadlineExceeded("waited past the request deadline"))
                 continue
-            if taken and size + len(item.batch) > self.max_batch_size:
+            if taken and (
+                size + len(item.batch) > self.max_batch_size
+                or item.batch.shape[1:] != taken[0].batch.shape[1:]
+            ):
                 break
             taken.append(self._pop())
             size += len(item.batch)
@@ -158,25 +163,23 @@ class Batcher:
         return self._take()
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             items = await self._gather()
             if not items:
                 if self._closed and not self._items:
                     return
                 continue
+            await self._run_batch(items)
+
+    async def _run_batch(self, items: list[_Item]) -> None:
+        """One inference call for `items`; whatever fails, every item gets an answer and the
+        worker lives on."""
+        loop = asyncio.get_running_loop()
+        self._running = len(items)
+        try:
             x = np.concatenate([i.batch for i in items]) if len(items) > 1 else items[0].batch
             t0 = time.perf_counter()
-            self._running = len(items)
-            try:
-                logits = await loop.run_in_executor(self._pool, self.run, x)
-            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
-                for i in items:
-                    if not i.future.done():
-                        i.future.set_exception(exc)
-                continue
-            finally:
-                self._running = 0
+            logits = await loop.run_in_executor(self._pool, self.run, x)
             self.stats.on_batch(len(x), time.perf_counter() - t0)
             start = 0
             for i in items:
@@ -184,6 +187,13 @@ class Batcher:
                 if not i.future.done():
                     i.future.set_result(logits[start : start + n])
                 start += n
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the failure
+            log.warning("inference of a batch of %d requests failed: %s", len(items), exc)
+            for i in items:
+                if not i.future.done():
+                    i.future.set_exception(exc)
+        finally:
+            self._running = 0
 
     async def close(self) -> None:
         """Take no new work; finish what is queued; stop the worker."""

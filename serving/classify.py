@@ -30,16 +30,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def image_pixels(data: bytes) -> int:
-    """Width x height from the image header alone (nothing decoded)."""
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image header alone (nothing decoded); None if unreadable."""
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
+            return im.size
     except Exception:  # noqa: BLE001 - any unreadable header: decode_image says why
-        return 0
-    return w * h
+        return None
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -81,18 +80,40 @@ class Classifier:
     def label(self, i: int) -> str:
         return self.classes[i] if i < len(self.classes) else str(i)
 
-    def prepare(
-        self, uploads: list[tuple[str, bytes]], max_request_pixels: int | None = None
-    ) -> np.ndarray:
-        """Decode and preprocess a request's images into one float32 NCHW batch. The pixel
-        total is checked from the headers before anything is decoded."""
-        if max_request_pixels is not None:
-            total = sum(image_pixels(data) for _, data in uploads)
-            if total > max_request_pixels:
-                raise TooLarge(
-                    f"the request's images hold {total:,} pixels together, over this server's "
-                    f"limit of {max_request_pixels:,} per request; send fewer or smaller images"
+    def work_pixels(self, uploads: list[tuple[str, bytes]], max_request_pixels: int) -> int:
+        """Pixels a request will hold in memory once decoded and resized to the model's input,
+        from the image headers alone; TooLarge or BadImage before anything is decoded. A thin
+        image (1 x 100,000 px, a few hundred bytes) grows by the resize to its short side, so
+        the resized size counts too."""
+        resize = int(self.predictor.metadata.get("resize") or 0)
+        total = 0
+        for name, data in uploads:
+            size = image_size(data)
+            if size is None:
+                continue  # decode_image names the problem
+            w, h = size
+            scale = max(1.0, resize / max(1, min(w, h)))
+            pixels = max(w * h, round(w * scale) * round(h * scale))
+            if pixels > self.max_pixels:
+                what = (
+                    f"is {pixels:,} pixels"
+                    if pixels == w * h
+                    else f"needs {pixels:,} pixels once resized to the model's input"
                 )
+                raise BadImage(
+                    f"{name}: {w}x{h} {what}, over this server's limit of {self.max_pixels:,}; "
+                    "crop or downscale it before sending"
+                )
+            total += pixels
+        if total > max_request_pixels:
+            raise TooLarge(
+                f"the request's images hold {total:,} pixels together, over this server's "
+                f"limit of {max_request_pixels:,} per request; send fewer or smaller images"
+            )
+        return total
+
+    def prepare(self, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+        """Decode and preprocess a request's images into one float32 NCHW batch."""
         images = [decode_image(data, name, self.max_pixels) for name, data in uploads]
         return self.predictor.preprocess(images)
 

@@ -1,4 +1,4 @@
-"""HTTP inference server: FastAPI over ONNX Runtime (or a TensorRT engine), no torch in the process.
+"""HTTP inference server: FastAPI over ONNX Runtime (CPU or GPU providers), no torch in the process.
 
     python -m pipeline serve runs/digits-resnet18 --port 8000
     curl -F file=@cat.png -F file=@dog.jpg 'localhost:8000/v1/predict?top_k=3'
@@ -210,6 +210,8 @@ class _AuthAndMetrics:
             await send(message)
 
         inference = route in INFERENCE_ROUTES
+        if inference:
+            receive = _limited(receive, self.state.settings.max_bytes)
         self.state.in_flight += inference
         try:
             await self.app(scope, receive, sending)
@@ -218,6 +220,25 @@ class _AuthAndMetrics:
             m = self.state.metrics
             m.requests.labels(route, str(status[0])).inc()
             m.request_seconds.labels(route).observe(time.perf_counter() - t0)
+
+
+def _limited(receive, limit: int):
+    """`receive` that stops a body at `limit` bytes, whether or not a Content-Length was sent
+    (chunked uploads, multipart files spooled by the form parser)."""
+    from fastapi import HTTPException
+
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(413, f"request is over {limit:,} bytes")
+        return message
+
+    return wrapped
 
 
 def _route(path: str) -> str:
@@ -259,15 +280,28 @@ def _probe_routes(app, state: ServerState, name: str) -> None:
         return HTMLResponse(api_reference_html(app.openapi()))
 
 
+def _require_ready(state: ServerState) -> None:
+    from fastapi import HTTPException
+
+    if state.ready:
+        return
+    if state.clf is not None:  # loaded once: this is the drain at shutdown
+        raise HTTPException(503, "the server is shutting down", {"Retry-After": "5"})
+    raise HTTPException(
+        503, state.error or "the model is loading; retry shortly", {"Retry-After": "1"}
+    )
+
+
 async def _run(state: ServerState, batch: np.ndarray) -> np.ndarray:
     """Logits for a preprocessed batch through the shared batcher; HTTP errors for overload."""
     from fastapi import HTTPException
 
-    if not state.ready:
-        raise HTTPException(503, state.error or "the model is loading; retry shortly")
+    _require_ready(state)
     s = state.settings
     try:
         return await state.batcher_for().submit(batch, s.request_timeout_s)
+    except ValueError as exc:  # more images than the queue can ever hold
+        raise HTTPException(413, f"{exc}; send fewer images per request") from None
     except QueueFull as exc:
         raise HTTPException(503, f"server busy ({exc}); retry", {"Retry-After": "1"}) from None
     except DeadlineExceeded:
@@ -316,15 +350,14 @@ def _v1_routes(app, state: ServerState, path: Path) -> None:
 
     def prepare(uploads):
         with state.decodes:  # bounds the memory of images being decoded at once
-            return state.clf.prepare(uploads, s.max_request_pixels)
+            return state.clf.prepare(uploads)
 
     @app.post("/v1/predict", response_model=None)
     async def predict(
         request: Request,
         top_k: int = Query(5, ge=1, description="classes to return per image, best first"),
     ) -> Response:
-        if not state.ready:
-            raise HTTPException(503, state.error or "the model is loading; retry shortly")
+        _require_ready(state)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
             raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
@@ -334,8 +367,9 @@ def _v1_routes(app, state: ServerState, path: Path) -> None:
                 s.body_timeout_s,
             )
             t0 = time.perf_counter()
-            if sum(len(d) for _, d in uploads) <= s.inline_decode_bytes:
-                batch = state.clf.prepare(uploads, s.max_request_pixels)  # cheaper than a hop
+            pixels = state.clf.work_pixels(uploads, s.max_request_pixels)  # headers only
+            if pixels <= s.inline_decode_pixels:
+                batch = state.clf.prepare(uploads)  # small: cheaper than a hop to a thread
             else:
                 batch = await run_in_threadpool(prepare, uploads)
         except BadImage as exc:
@@ -416,9 +450,11 @@ def _v2_routes(app, state: ServerState, name: str) -> None:
 
     s = state.settings
 
-    def check(model: str) -> None:
+    def check(model: str, ver: str = "1") -> None:
         if model != name:
             raise HTTPException(404, f"unknown model {model!r}; this server serves {name!r}")
+        if ver not in ("", "1"):
+            raise HTTPException(404, f"model {name!r} has version 1 only, not {ver!r}")
 
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
@@ -440,7 +476,7 @@ def _v2_routes(app, state: ServerState, name: str) -> None:
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{ver}")
     def model_metadata(model: str, ver: str = "1") -> dict[str, Any]:
-        check(model)
+        check(model, ver)
         if state.clf is None:
             raise HTTPException(503, state.error or "the model is loading")
         sess = state.clf.predictor.session
@@ -455,28 +491,27 @@ def _v2_routes(app, state: ServerState, name: str) -> None:
     @app.get("/v2/models/{model}/ready")
     @app.get("/v2/models/{model}/versions/{ver}/ready")
     def model_ready(model: str, ver: str = "1"):
-        check(model)
+        check(model, ver)
         return {"name": name, "ready": True} if state.ready else _error(503, "not ready", 1)
 
     @app.post("/v2/models/{model}/infer")
     @app.post("/v2/models/{model}/versions/{ver}/infer")
     async def infer(model: str, request: Request, ver: str = "1"):
-        check(model)
+        check(model, ver)
+        _require_ready(state)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
             raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
         body = await _with_deadline(_body(request, s.max_bytes), s.body_timeout_s)
+        out_name = state.clf.predictor.session.get_outputs()[0].name
         try:
             req, arrays = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH.lower()))
-            x = _model_input(state, arrays)
+            x = _model_input(state, arrays, req)
+            v2.check_outputs(req, [out_name])  # before the model runs, not after
         except v2.ProtocolError as exc:
             raise HTTPException(400, str(exc)) from None
         logits = await _run(state, x)
-        out_name = state.clf.predictor.session.get_outputs()[0].name
-        try:
-            content, headers = v2.encode_response(name, "1", req, {out_name: logits})
-        except v2.ProtocolError as exc:
-            raise HTTPException(400, str(exc)) from None
+        content, headers = v2.encode_response(name, "1", req, {out_name: logits})
         return Response(content, headers=headers)
 
 
@@ -487,14 +522,18 @@ def _np_type(onnx_type: str):
     return table.get(onnx_type, np.float32)
 
 
-def _model_input(state: ServerState, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The one input tensor, checked against the model's name, type and shape."""
-    from serving.v2 import ProtocolError
+def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -> np.ndarray:
+    """The one input tensor, checked against the model's name, datatype and shape."""
+    from serving.v2 import NAMES, ProtocolError
 
     inp = state.clf.predictor.session.get_inputs()[0]
     if set(arrays) != {inp.name}:
         raise ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
     x = arrays[inp.name]
+    want_type = NAMES[np.dtype(_np_type(inp.type))]
+    sent_type = next(t.get("datatype") for t in req["inputs"] if t.get("name") == inp.name)
+    if sent_type != want_type:
+        raise ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
     want = [d if isinstance(d, int) else None for d in inp.shape]
     if x.ndim != len(want) or any(
         w is not None and w != d for w, d in zip(want, x.shape, strict=True)

@@ -167,6 +167,7 @@ class TrtPredictor:
             trt.float16: t.float16,
             trt.bfloat16: t.bfloat16,
             trt.int8: t.int8,
+            trt.uint8: t.uint8,
             trt.int32: t.int32,
             trt.int64: t.int64,
             trt.bool: t.bool,
@@ -177,7 +178,12 @@ class TrtPredictor:
         """Run a CUDA tensor batch (N, C, H, W); returns the first output as a CUDA tensor."""
         name = self.inputs[0]
         x = batch.to(self._dtype(name)).contiguous()
-        self.context.set_input_shape(name, tuple(x.shape))
+        if not self.context.set_input_shape(name, tuple(x.shape)):
+            lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
+            raise StageError(
+                f"input shape {tuple(x.shape)} is outside the engine's optimisation profile "
+                f"({tuple(lo)} to {tuple(hi)}); split the batch or rebuild with a larger max batch"
+            )
         self.context.set_tensor_address(name, x.data_ptr())
         outs = []
         for o in self.outputs:

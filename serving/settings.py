@@ -39,8 +39,8 @@ class ServeSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, description="to receive a request's body")
     max_connections: int | None = Field(1024, ge=1, description="open connections; beyond: 503")
     access_log: bool = Field(False, description="log every request (costs ~10% throughput)")
-    inline_decode_bytes: int = Field(
-        65536, ge=0, description="decode smaller uploads on the event loop, not in a thread"
+    inline_decode_pixels: int = Field(
+        65536, ge=0, description="decode smaller requests on the event loop, not in a thread"
     )
     api_key: str | None = Field(
         None,
@@ -64,10 +64,16 @@ def load_settings(path: Path | None, overrides: dict) -> ServeSettings:
     if tree.get("api_key") is None and os.environ.get("SERVE_API_KEY"):
         tree["api_key"] = os.environ["SERVE_API_KEY"]
     try:
-        return ServeSettings.model_validate(tree)
+        settings = ServeSettings.model_validate(tree)
     except ValidationError as err:
         lines = [f"invalid server settings{f' in {path}' if path else ''}:"]
         for e in err.errors():
             where = ".".join(str(p) for p in e["loc"])
             lines.append(f"  {where}: {e['msg']} (got {e.get('input')!r})")
         raise ConfigError("\n".join(lines)) from None
+    if settings.max_images > settings.max_queue:
+        raise ConfigError(
+            f"max_images ({settings.max_images}) is over max_queue ({settings.max_queue}): such a "
+            "request could never be queued; raise max_queue or lower max_images"
+        )
+    return settings

@@ -14,6 +14,7 @@ the same way, after the JSON, and the response carries the same header.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,17 @@ class ProtocolError(ValueError):
     """A request that breaks the protocol; the message is for the client (400)."""
 
 
+def _params(spec: dict[str, Any], what: str) -> dict[str, Any]:
+    p = spec.get("parameters") or {}
+    if not isinstance(p, dict):
+        raise ProtocolError(f"{what}: parameters must be an object")
+    return p
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     if header_length is None:
         json_part, rest = body, b""
@@ -56,10 +68,16 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byt
         json_part, rest = body[:n], body[n:]
     try:
         req = json.loads(json_part)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"the request is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(req, dict) or not isinstance(req.get("inputs"), list) or not req["inputs"]:
         raise ProtocolError('the request needs "inputs": a non-empty list of tensors')
+    outputs = req.get("outputs")
+    if outputs is not None and (
+        not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs)
+    ):
+        raise ProtocolError('"outputs" must be a list of objects with a "name"')
+    _params(req, "the request")
     return req, rest
 
 
@@ -71,12 +89,12 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.n
         raise ProtocolError(
             f"input {name!r}: datatype {spec.get('datatype')!r} is not one of {', '.join(DTYPES)}"
         )
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
-    count = int(np.prod(shape)) if shape else 1
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    count = math.prod(shape)  # exact: no overflow to a small number
+    size = _params(spec, f"input {name!r}").get("binary_data_size")
     if size is not None:
-        if size != count * dtype.itemsize or offset + size > len(binary):
+        if not _is_int(size) or size != count * dtype.itemsize or offset + size > len(binary):
             raise ProtocolError(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
                 f"{NAMES[dtype]} or the bytes sent"
@@ -86,9 +104,11 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.n
     data = spec.get("data")
     if data is None:
         raise ProtocolError(f"input {name!r} has neither data nor binary_data_size")
+    if count > 1 << 28:
+        raise ProtocolError(f"input {name!r}: shape {shape} is far too large")
     try:
         arr = np.asarray(data, dtype=dtype)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"input {name!r}: data is not {NAMES[dtype]} ({exc})") from None
     if arr.size != count:
         raise ProtocolError(f"input {name!r}: {arr.size} values for shape {shape} ({count})")
@@ -109,13 +129,23 @@ def parse_request(body: bytes, header_length: str | None) -> tuple[dict, dict[st
     return req, arrays
 
 
+def check_outputs(request: dict[str, Any], names: list[str]) -> None:
+    """The outputs a request asks for exist (checked before the model runs)."""
+    for spec in request.get("outputs") or []:
+        if spec.get("name") not in names:
+            raise ProtocolError(
+                f"unknown output {spec.get('name')!r}; this model has {', '.join(names)}"
+            )
+        _params(spec, f"output {spec.get('name')!r}")
+
+
 def encode_response(
     model: str, version: str, request: dict[str, Any], outputs: dict[str, np.ndarray]
 ) -> tuple[bytes, dict[str, str]]:
     """(body, extra headers): the requested outputs (all if none named), each as JSON data or
     binary as asked; the binary parts follow the JSON header."""
     wanted = request.get("outputs") or [{"name": n} for n in outputs]
-    binary_default = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    binary_default = bool(_params(request, "the request").get("binary_data_output", False))
     meta, chunks = [], []
     for spec in wanted:
         name = spec.get("name")
@@ -127,7 +157,7 @@ def encode_response(
             "shape": list(arr.shape),
             "datatype": NAMES[arr.dtype],
         }
-        if (spec.get("parameters") or {}).get("binary_data", binary_default):
+        if _params(spec, f"output {name!r}").get("binary_data", binary_default):
             raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

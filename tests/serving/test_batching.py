@@ -119,3 +119,31 @@ def test_a_failing_model_fails_every_request_of_its_batch() -> None:
         return res
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(go()))
+
+
+def test_shapes_never_mix_and_the_worker_outlives_a_failure() -> None:
+    calls: list[tuple] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        if x.shape[-1] == 3:
+            raise RuntimeError("this shape breaks the model")
+        return np.zeros((len(x), 2))
+
+    async def go():
+        b = Batcher(run, max_batch_size=8, max_queue_delay_us=100_000, max_queue=64)
+        b.start()
+        small = np.zeros((1, 1, 2, 2), np.float32)
+        odd = np.zeros((1, 1, 3, 3), np.float32)
+        res = await asyncio.gather(
+            b.submit(small, 5.0), b.submit(odd, 5.0), b.submit(small, 5.0),
+            return_exceptions=True,
+        )  # fmt: skip
+        after = await b.submit(small, 5.0)  # the worker is still there
+        await b.close()
+        return res, after
+
+    res, after = asyncio.run(go())
+    assert isinstance(res[1], RuntimeError) and res[0].shape == (1, 2) and after.shape == (1, 2)
+    assert all(len({s[1:] for s in [c]}) == 1 for c in calls)
+    assert (1, 1, 3, 3) in calls and any(c[0] == 2 and c[-1] == 2 for c in calls)

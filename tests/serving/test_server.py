@@ -274,3 +274,38 @@ def test_v2_protocol_errors_are_400_with_the_reason(tiny_model) -> None:
     )
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     assert c.get("/v2/models/other").status_code == 404
+
+
+def test_hostile_requests_get_4xx_not_500(tiny_model) -> None:
+    """A thin image that would explode when resized, malformed v2 bodies, a model still
+    loading, and a chunked upload over the byte limit: each a clear 4xx or 503."""
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from serving.http import create_app
+
+    buf = io.BytesIO()
+    Image.new("RGB", (2_000_000, 1)).save(buf, "PNG")  # a few kB on the wire
+    c = TestClient(create_app(tiny_model, model_name="tiny", max_bytes=100_000))
+    r = c.post("/v1/predict", content=buf.getvalue(), headers={"content-type": "image/png"})
+    assert r.status_code == 400 and "once resized" in r.json()["detail"]
+    for body in (
+        {"inputs": [{"name": "input", "shape": [1], "datatype": "UINT8", "data": [300]}]},
+        {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP64",
+                     "data": [0.0] * 3 * SIZE * SIZE}]},
+        {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
+                     "data": [0.0] * 3 * SIZE * SIZE}], "outputs": [{"name": "probs"}]},
+    ):  # fmt: skip
+        assert c.post("/v2/models/tiny/infer", json=body).status_code == 400, body
+    metrics = c.get("/metrics").text
+    assert "batch_size_count 0.0" in metrics  # none of them reached the model
+
+    def chunks():
+        for _ in range(30):
+            yield b"\0" * 10_000  # 300 kB without a Content-Length
+
+    r = c.post("/v1/predict", content=chunks(), headers={"content-type": "image/png"})
+    assert r.status_code == 413
+    loading = TestClient(create_app(tiny_model, model_name="tiny", load_in_background=True))
+    r = loading.post("/v2/models/tiny/infer", json={"inputs": []})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
