@@ -2,9 +2,10 @@
 `serve|triton|tensorrt MODEL`.
 
 The only place that exits; each command parses, sets up logging and calls library code. Exit
-codes come from the error tree (`pipeline.errors`): 0 ok, 2 bad configuration or arguments,
-3 a validation gate failed, 4 bad data, 5 a stage failed, 6 export parity failed, 7 no GPU or
-TensorRT for a GPU command, 130 interrupted.
+codes come from the error tree (`pipeline.errors`): 0 ok, 1 internal error, 2 bad
+configuration or arguments, 3 a validation gate failed, 4 bad data, 5 a stage failed, 6 export
+parity failed, 7 no GPU or TensorRT for a GPU command, 8 an artefact cannot be trusted,
+9 cannot write, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_check.add_argument("--json", action="store_true", help="print the result as JSON")
 
     report = sub.add_parser(
-        "report", help="rebuild report.md / report.json of a run from its manifests"
+        "report", help="rebuild report.html / .md / .json of a run from its manifests"
     )
     report.add_argument("run_dir", type=Path, help="a run folder, e.g. runs/digits-resnet18")
 
@@ -185,8 +186,6 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    import json
-
     from pipeline.config import load_config
     from pipeline.training.data_check import format_data_check, run_data_check
 
@@ -315,11 +314,17 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(TRACEBACKS).error("traceback of the above", exc_info=True)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the one place every fault becomes an exit code
+        files = [
+            h.baseFilename for h in logging.getLogger().handlers
+            if isinstance(h, logging.FileHandler)
+        ]  # fmt: skip
+        where = f"in {files[0]}" if files else "shown when the command is run again with -v"
         log.error(
-            "internal error, not a problem with your input (%s: %s). The traceback is in the "
-            "run's pipeline.log (or on the console with -v); please report it",
+            "internal error, not a problem with your input (%s: %s). The traceback is %s; "
+            "please report it",
             type(exc).__name__,
             str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+            where,
         )
         logging.getLogger(TRACEBACKS).error("traceback of the above", exc_info=True)
         return PipelineError.exit_code

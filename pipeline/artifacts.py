@@ -94,8 +94,8 @@ class Manifest:
         try:
             d = json.loads(p.read_text())
             m = cls(**d)
-        except (json.JSONDecodeError, TypeError):
-            return None  # a torn or foreign file is treated as "not done"
+        except (ValueError, TypeError, OSError):  # JSON, encoding, fields, permissions
+            return None  # a torn, foreign or unreadable file is treated as "not done"
         m.folder = folder
         return m
 
@@ -121,6 +121,7 @@ _STORAGE_ERRNOS = {
     errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
     errno.EEXIST, errno.EFBIG, errno.EIO,
 }  # fmt: skip
+_ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO}  # may come from a read as well
 # torch.save and safetensors report a failed write as RuntimeError / SafetensorError text.
 _WRITE_FAILURES = (
     "file write failed",
@@ -144,17 +145,20 @@ def storage_errors(
 ) -> Iterator[None]:
     """Turn a failed write (disk full, read-only, a file where a folder should be) under `where`
     into a StorageError naming the path and the fix; anything else passes through unchanged."""
-    from pipeline.errors import StorageError
+    from pipeline.errors import PipelineError, StorageError
 
     try:
         yield
+    except PipelineError:
+        raise  # already says what happened (an inner write named its own file)
     except Exception as exc:
         if not is_write_failure(exc):
             raise
         target = what or getattr(exc, "filename", None) or where
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+        verb = "access" if isinstance(exc, OSError) and exc.errno in _ACCESS_ERRNOS else "write"
         raise StorageError(
-            f"cannot write {target}: {reason}. Free space or fix permissions under {where} (or "
+            f"cannot {verb} {target}: {reason}. Free space or fix permissions under {where} (or "
             f"point run_dir elsewhere), then run the same command again; {kept}"
         ) from exc
 
@@ -163,15 +167,15 @@ def read_checkpoint_index(work: Path) -> dict[str, Any]:
     """A resumable stage's checkpoint index (`{"checkpoint": {...}, "checkpoints": [...]}`),
     empty when it has none. The runner copies it into the manifest as the record of what the
     stage resumed from."""
-    from pipeline.errors import StageError
+    from pipeline.errors import ArtefactError
 
     p = Path(work) / CHECKPOINT_INDEX
     if not p.is_file():
         return {}
     try:
         return json.loads(p.read_text())
-    except json.JSONDecodeError as exc:
-        raise StageError(
+    except ValueError as exc:
+        raise ArtefactError(
             f"{p} is corrupt ({exc}); delete {work} or pass --force to start the stage over"
         ) from None
 
@@ -259,6 +263,18 @@ def stage_key(
         default=str,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; a line cut short by a crash or a full disk is skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+    return rows
 
 
 def write_text_atomic(path: Path, text: str) -> None:

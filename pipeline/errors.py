@@ -11,7 +11,7 @@
     +-- ArtefactError (8)        an artefact differs from its manifest, is missing, corrupt or
                                  truncated (weights, ONNX files, checkpoints, manifests)
 
-    130: interrupted (Ctrl-C, SIGTERM); finished stages and checkpoints are kept
+    130: interrupted (Ctrl-C; SIGTERM too while training); finished stages and checkpoints are kept
 
 Every message says what was wrong, where, and what to do.
 """

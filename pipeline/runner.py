@@ -84,7 +84,10 @@ def run_pipeline(
     try:
         _run_stages(selected, forced, ctx, data_fp, manifests)
     except GateFailed:
-        _write_report(run_dir, cfg)  # everything measured is reported before the failure
+        try:
+            _write_report(run_dir, cfg)  # everything measured is reported before the failure
+        except Exception as exc:  # noqa: BLE001 - the gate's verdict (exit 3) must survive
+            log.error("the report could not be written: %s", exc)
         raise
     if "validate" in manifests and "validate" in selected:
         _write_report(run_dir, cfg)
@@ -100,7 +103,7 @@ def _run_stages(
 ) -> None:
     cfg, run_dir = ctx.cfg, ctx.run_dir
     last_selected = max(stages.NAMES.index(s) for s in selected)
-    for stage in stages.TABLE:
+    for stage in stages.TABLE[: last_selected + 1]:  # later stages are neither read nor checked
         name = stage.name
         inputs = {s: manifests[s] for s in stage.inputs if s in manifests}
         key = key_of(name, cfg, inputs, data_fp)
@@ -146,7 +149,10 @@ def _existing(folder: Path, name: str, rebuild: bool) -> Manifest | None:
 def _write_report(run_dir: Path, cfg: PipelineConfig) -> None:
     from pipeline.report import write_report
 
-    write_report(run_dir, cfg)
+    with storage_errors(
+        run_dir, kept="every stage is kept; `python -m pipeline report` rebuilds it"
+    ):
+        write_report(run_dir, cfg)
 
 
 def _check_model_fits_data(cfg: PipelineConfig, data) -> None:

@@ -150,6 +150,21 @@ def test_nan_and_inf_fail_every_gate(tiny_cfg):
     assert failed == {"onnx.top1 >= min_top1", "onnx.top1_drop <= max_top1_drop"}
 
 
+def test_nan_logits_are_wrong_answers_and_fail_their_own_gate(tiny_cfg):
+    from pipeline.stages.validate import check_gates, predictions
+
+    def half_nan(x):
+        out = np.tile(np.array([[5.0, 0.0]]), (len(x), 1))
+        out[::2] = np.nan  # every other image: a broken kernel's output
+        return out
+
+    pred, conf = predictions(half_nan, np.zeros((6, 1)))
+    assert pred.tolist() == [-1, 0, -1, 0, -1, 0] and np.isnan(conf[0])
+    arts = {"torch": {"top1": 1.0}, "onnx_int8": {"top1": 0.5, "nonfinite_outputs": 3}}
+    failed = {g["gate"] for g in check_gates(tiny_cfg, arts) if not g["passed"]}
+    assert "onnx_int8.nonfinite_outputs == 0" in failed
+
+
 # ---------------------------------------------------------------- storage
 
 

@@ -17,11 +17,20 @@ def build_report(
 ) -> dict[str, Any]:
     """Everything the report shows, from the stages' manifests."""
     v = val.metrics
+    made = train.config if train else {}  # what trained the model, not today's config file
+    model = made.get("model", {})
     return {
         "run": cfg.name,
+        "run_dir": str(prune.folder.parent),
         "passed": all(g["passed"] for g in v["gates"]),
-        "data": (train.data if train else {}) | {"name": cfg.data.name},
-        "model": {"name": cfg.model.name, "width": cfg.model.width, "method": cfg.train.method},
+        "consistent": _consistent(train, prune, export, val),
+        "data": (train.data if train else {})
+        | {"name": made.get("data", {}).get("name", cfg.data.name)},
+        "model": {
+            "name": model.get("name", cfg.model.name),
+            "width": model.get("width", cfg.model.width),
+            "method": made.get("train", {}).get("method", cfg.train.method),
+        },
         "artefacts": v["artefacts"],
         "gates": v["gates"],
         "threads": v["threads"],
@@ -34,6 +43,18 @@ def build_report(
         "export": export.metrics,
         "stage_keys": {m.stage: m.key for m in (train, prune, export, val) if m},
     }
+
+
+def _consistent(train, prune, export, val) -> bool:
+    """Whether every stage was built from the one before it as found on disk (a stage re-run
+    alone with other settings leaves the later ones describing an older model)."""
+    links = [
+        (prune.inputs.get("train"), train.key if train else prune.inputs.get("train")),
+        (export.inputs.get("prune"), prune.key),
+        (val.inputs.get("prune"), prune.key),
+        (val.inputs.get("export"), export.key),
+    ]
+    return all(a == b for a, b in links)
 
 
 def _summary(r: dict[str, Any]) -> list[str]:
@@ -55,10 +76,16 @@ def _summary(r: dict[str, Any]) -> list[str]:
             "torch FP32."
         )
     lines.append(line)
-    lines.append(
-        f"Serve it: `python -m pipeline serve runs/{r['run']}` (`--artefact onnx_int8` for the "
-        "INT8 model). The resolved configuration is in `config.yaml` beside this report."
-    )
+    serve = f"Serve it: `python -m pipeline serve {r.get('run_dir', 'runs/' + r['run'])}`"
+    if "onnx_int8" in r["artefacts"]:
+        serve += " (`--artefact onnx_int8` for the INT8 model)"
+    lines.append(serve + ". The resolved configuration is in `config.yaml` beside this report.")
+    if not r.get("consistent", True):
+        lines.insert(
+            0,
+            "**Warning**: these stages were not all built from one another (a stage was re-run "
+            "alone with other settings); run `python -m pipeline run CONFIG` to bring them in line.",
+        )
     return lines
 
 

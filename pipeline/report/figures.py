@@ -7,7 +7,6 @@ and no figure registry that leaks memory in a long run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -145,7 +144,9 @@ def training_figure(metrics_path: Path, out: Path) -> Path | None:
     learning rate, from the train stage's metrics.jsonl."""
     if not metrics_path.is_file():
         return None
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    from pipeline.artifacts import read_jsonl
+
+    rows = read_jsonl(metrics_path)
     if not rows:
         return None
     ep = [r["epoch"] for r in rows]

@@ -46,14 +46,17 @@ def test_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
 def predictions(
     predict: Callable[[np.ndarray], np.ndarray], xs: np.ndarray, chunk: int = 256
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted class, its softmax probability) for every image."""
+    """(predicted class, its softmax probability) for every image; an image whose logits are
+    not all finite gets class -1 (always wrong) and probability NaN."""
     preds, confs = [], []
     for s in range(0, len(xs), chunk):
         logits = np.asarray(predict(xs[s : s + chunk]), dtype=np.float64)
-        z = np.exp(logits - logits.max(axis=1, keepdims=True))
+        finite = np.isfinite(logits).all(axis=1)
+        safe = np.where(finite[:, None], logits, 0.0)
+        z = np.exp(safe - safe.max(axis=1, keepdims=True))
         p = z / z.sum(axis=1, keepdims=True)
-        preds.append(p.argmax(1))
-        confs.append(p.max(1))
+        preds.append(np.where(finite, p.argmax(1), -1))
+        confs.append(np.where(finite, p.max(1), np.nan))
     return np.concatenate(preds), np.concatenate(confs)
 
 
@@ -67,6 +70,7 @@ def score(
     pred, conf = predictions(predict, xs)
     scored = {
         "top1": float((pred == ys).mean()),
+        "nonfinite_outputs": int((pred < 0).sum()),
         "latency_ms": latency(lambda: predict(one), warmup=lat.warmup, iters=lat.iters),
         "throughput": throughput(
             lambda: predict(batch), lat.throughput_batch, warmup=2, iters=lat.throughput_iters
@@ -129,6 +133,16 @@ def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
                 "value": a["top1"],
                 "limit": g.min_top1,
                 "passed": at_least(a["top1"], g.min_top1),
+            }
+        )
+    for name, a in artefacts.items():
+        bad = a.get("nonfinite_outputs", 0)
+        gates.append(
+            {
+                "gate": f"{name}.nonfinite_outputs == 0",
+                "value": bad,
+                "limit": 0,
+                "passed": bad == 0,
             }
         )
     ref = artefacts["torch"]["top1"]
@@ -211,7 +225,7 @@ def run(
             + "; ".join(
                 f"{g['gate']}: measured {show(g['value'])}, limit {g['limit']}" for g in failed
             )
-            + f". Everything measured is in {ctx.run_dir / 'report.md'}",
+            + f". Everything measured is in {ctx.run_dir / 'report.html'}",
             result=StageResult(metrics=metrics),
         )
     return StageResult(metrics=metrics)

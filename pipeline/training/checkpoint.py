@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ log = logging.getLogger("pipeline.train")
 
 STATE_FILE = "trainer_state.json"
 RESULT_FILE = "checkpoints/result.json"  # rank 0's metrics, for a launching parent
+ERROR_FILE = "checkpoints/error.json"  # rank 0's error (class and message), likewise
 
 
 @dataclass
@@ -91,8 +93,10 @@ class Checkpointer:
             shutil.rmtree(self.root / old, ignore_errors=True)
 
     def load(self) -> TrainerState | None:
-        """Resume from the newest checkpoint that is intact; a corrupt one is named, skipped for
-        the one before it (the index then names that one), or refused when none is left."""
+        """Resume from the newest checkpoint whose files match their recorded sha256; a damaged
+        one is named and skipped for the one before it (the index then names that one); none
+        intact: ArtefactError. A checkpoint whose files are intact but fail to load (a device
+        or version mismatch) is not skipped: that error is raised as it is."""
         index = read_index(self.work)
         rec = index.get("checkpoint")
         if rec is None:
@@ -103,14 +107,10 @@ class Checkpointer:
         for candidate in [rec, *(r for r in older if r["name"] != rec["name"])]:
             problem = self._damage(candidate)
             if problem is None:
-                try:
-                    state = self._load(candidate)
-                except ArtefactError as exc:
-                    problem = str(exc)
-                else:
-                    if candidate["name"] != rec["name"]:
-                        self._fall_back_to(index, candidate)
-                    return state
+                state = self._load(candidate)  # intact files that fail to load: not damage
+                if candidate["name"] != rec["name"]:
+                    self._fall_back_to(index, candidate)
+                return state
             log.warning("checkpoint %s cannot be used: %s", candidate["name"], problem)
             problems.append(f"{candidate['name']}: {problem}")
         raise ArtefactError(
@@ -137,17 +137,28 @@ class Checkpointer:
         try:
             self.acc.load_state(str(folder))
             state = TrainerState(**json.loads((folder / STATE_FILE).read_text()))
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is reported as such
-            # Never retried with weights_only=False: a checkpoint that fails the safe loader is
-            # not loaded at all.
-            raise ArtefactError(f"{folder} cannot be loaded ({type(exc).__name__})") from exc
+        except pickle.UnpicklingError as exc:
+            # Never retried with weights_only=False: what fails the safe loader is not loaded.
+            raise ArtefactError(
+                f"{folder} holds a file the safe loader refuses ({type(exc).__name__}); restart "
+                "the stage with `--force`"
+            ) from None
+        except Exception as exc:
+            if not rec.get("files"):  # no hashes recorded: a load failure may be damage
+                raise ArtefactError(
+                    f"{folder} cannot be loaded ({type(exc).__name__}: "
+                    f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); restart "
+                    "the stage with `--force`"
+                ) from exc
+            raise
         log.info(
             "resuming from checkpoint %s (epoch %d, batch %d)", folder, state.epoch, state.batch
         )
         return state
 
     def _fall_back_to(self, index: dict[str, Any], rec: dict[str, Any]) -> None:
-        """The index names the intact checkpoint from now on; the damaged newer ones go."""
+        """The index names the intact checkpoint from now on; the damaged newer ones are no
+        longer indexed (their folders stay on disk for inspection)."""
         keep = index.get("checkpoints", [])
         keep = keep[: keep.index(rec["name"]) + 1] if rec["name"] in keep else [rec["name"]]
         fixed = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.artifacts import storage_errors, write_json_atomic, write_text_atomic
+from pipeline.artifacts import read_jsonl, storage_errors, write_json_atomic, write_text_atomic
 from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.data import DataBundle
 from pipeline.errors import StageError
@@ -87,8 +87,7 @@ def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
     """metrics.jsonl cut back to the epochs the checkpoint holds, so resume never duplicates one."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= completed_epochs]
+    return [r for r in read_jsonl(path) if r["epoch"] <= completed_epochs]
 
 
 def _build(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> Trainer:

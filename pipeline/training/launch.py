@@ -18,7 +18,7 @@ from pathlib import Path
 from pipeline.artifacts import write_text_atomic
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import StageError
-from pipeline.training.checkpoint import RESULT_FILE
+from pipeline.training.checkpoint import ERROR_FILE, RESULT_FILE
 
 log = logging.getLogger("pipeline.train")
 
@@ -41,6 +41,20 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _raise_worker_error(work: Path) -> None:
+    """Rank 0's own error, with its class (and so its exit code), if it left one."""
+    from pipeline import errors
+
+    path = work / ERROR_FILE
+    if not path.is_file():
+        return
+    err = json.loads(path.read_text())
+    path.unlink()
+    cls = getattr(errors, err.get("class", ""), None)
+    if isinstance(cls, type) and issubclass(cls, errors.PipelineError):
+        raise cls(err.get("message", ""))
+
+
 def run_launched(cfg: PipelineConfig, work: Path) -> dict:
     """Train with `cfg.train.processes` processes; return the metrics rank 0 recorded."""
     config = work / LAUNCH_CONFIG
@@ -56,6 +70,7 @@ def run_launched(cfg: PipelineConfig, work: Path) -> dict:
         proc.wait()
         raise
     if code != 0:
+        _raise_worker_error(work)
         raise StageError(
             f"multi-process training ({cfg.train.processes} processes) exited with code {code}; see the "
             f"log above for the failing rank. Re-running the same command resumes from the last "

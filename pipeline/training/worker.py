@@ -7,11 +7,15 @@ work folder the parent runner prepared, and exits with the CLI's codes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
+from pipeline.artifacts import write_json_atomic
 from pipeline.errors import PipelineError
+from pipeline.training.checkpoint import ERROR_FILE
 
 log = logging.getLogger("pipeline.train")
 
@@ -34,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         fit(cfg, build_data(cfg.data), args.work)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
+        if int(os.environ.get("RANK", "0")) == 0:  # the launching parent re-raises it
+            with contextlib.suppress(OSError):
+                write_json_atomic(
+                    args.work / ERROR_FILE, {"class": type(exc).__name__, "message": str(exc)}
+                )
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

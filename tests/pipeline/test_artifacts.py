@@ -12,7 +12,7 @@ from pipeline.artifacts import (
     read_checkpoint_index,
     stage_key,
 )
-from pipeline.errors import StageError
+from pipeline.errors import ArtefactError
 
 
 def _stage(folder, stage: str, status: str = "complete") -> Manifest:
@@ -44,7 +44,7 @@ def test_checkpoint_index_is_read_or_refused_clearly(tmp_path) -> None:
     p.write_text('{"checkpoint": {"name": "e1"}, "checkpoints": ["e1"]}')
     assert read_checkpoint_index(tmp_path)["checkpoint"]["name"] == "e1"
     p.write_text("{not json")
-    with pytest.raises(StageError, match="corrupt.*--force"):
+    with pytest.raises(ArtefactError, match="corrupt.*--force"):
         read_checkpoint_index(tmp_path)
 
 
