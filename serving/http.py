@@ -22,78 +22,22 @@ from training. Bad input gets a 4xx whose `detail` names the problem and the fix
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
-# and `Request` is imported inside create_app so that this module imports without FastAPI.
-import asyncio
-import json
+# and FastAPI is imported inside create_app so that this module imports without it.
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from serving.batching import Batcher, BatchStats, Closed, DeadlineExceeded, QueueFull
-from serving.classify import BadImage, Classifier, TooLarge
 from serving.metrics import Metrics
-from serving.predictor import OrtPredictor
+from serving.middleware import PROBES, AuthAndMetrics
+from serving.routes_v1 import add_v1_routes
+from serving.routes_v2 import SERVER_NAME, add_v2_routes
 from serving.settings import ServeSettings
+from serving.state import ServerState, error
 
 log = logging.getLogger(__name__)
 
-SERVER_NAME = "skd-pipeline"
-PROBES = ("/healthz", "/v2/health/live", "/v2/health/ready")  # open without the API key
-INFERENCE_ROUTES = ("/v1/predict", "/v2/models/{name}/infer")
-
-
-class ServerState:
-    """The model, its batcher and readiness; loaded in the foreground or in a thread."""
-
-    def __init__(self, model: Path, settings: ServeSettings, metrics: Metrics) -> None:
-        self.model, self.settings, self.metrics = model, settings, metrics
-        self.clf: Classifier | None = None
-        self.batcher: Batcher | None = None
-        self.ready = False
-        self.error: str | None = None
-        self.decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
-        self.in_flight = 0  # inference requests being handled (the middleware counts them)
-
-    def load(self) -> None:
-        """Load the model and run one warm-up inference; then the server is ready."""
-        try:
-            s = self.settings
-            clf = Classifier(
-                OrtPredictor(self.model, threads=s.threads, providers=s.providers, spin=False),
-                s.max_pixels,
-            )
-            shape = [d if isinstance(d, int) else 1 for d in clf.predictor.input_shape]
-            clf.predictor.run(np.zeros(shape, np.float32))  # warm-up: allocations, kernels
-            self.clf = clf
-            self.ready = True
-            self.metrics.model_ready.set(1)
-            log.info("model %s loaded and warmed up: ready", self.model)
-        except Exception as exc:  # noqa: BLE001 - reported by readiness and the log
-            self.error = f"{type(exc).__name__}: {exc}"
-            log.error("model %s failed to load: %s", self.model, self.error)
-
-    def batcher_for(self) -> Batcher:
-        if self.batcher is None:  # created on the serving loop at first use
-            s, m = self.settings, self.metrics
-
-            def on_batch(size: int, seconds: float) -> None:
-                m.batch_size.observe(size)
-                m.inference_seconds.observe(seconds)
-
-            self.batcher = Batcher(
-                self.clf.predictor.run,
-                max_batch_size=s.max_batch_size,
-                max_queue_delay_us=s.max_queue_delay_us,
-                max_queue=s.max_queue,
-                stats=BatchStats(on_batch=on_batch, on_queue=m.queue_images.set),
-                incoming=lambda: self.in_flight - self.batcher.requests_held,
-            )
-            self.batcher.start()
-        return self.batcher
+__all__ = ["PROBES", "SERVER_NAME", "ServerState", "api_reference_html", "create_app"]
 
 
 def create_app(
@@ -141,8 +85,8 @@ def create_app(
     )
     _middleware(app, state)
     _probe_routes(app, state, name)
-    _v1_routes(app, state, path)
-    _v2_routes(app, state, name)
+    add_v1_routes(app, state, path)
+    add_v2_routes(app, state, name)
     return app
 
 
@@ -156,14 +100,6 @@ def _default_name(path: Path) -> str:
     return path.stem
 
 
-def _error(status: int, detail: str, retry_after: float | None = None):
-    from fastapi.responses import JSONResponse
-
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after else None
-    # "error" is the v2 protocol's field, "detail" FastAPI's: clients of both read theirs.
-    return JSONResponse({"detail": detail, "error": detail}, status_code=status, headers=headers)
-
-
 def _middleware(app, state: ServerState) -> None:
     from fastapi import HTTPException
 
@@ -171,84 +107,12 @@ def _middleware(app, state: ServerState) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
-        response = _error(exc.status_code, str(exc.detail))
+        response = error(exc.status_code, str(exc.detail))
         for k, v in (exc.headers or {}).items():
             response.headers[k] = v
         return response
 
-    app.add_middleware(_AuthAndMetrics, state=state, key=key)
-
-
-class _AuthAndMetrics:
-    """Plain ASGI middleware (cheaper than Starlette's BaseHTTPMiddleware on every request):
-    the API key check, and request counts and latency by route and status."""
-
-    def __init__(self, app, state: ServerState, key: str | None) -> None:
-        self.app, self.state, self.key = app, state, key
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        import hmac
-
-        route, t0, status = _route(scope["path"]), time.perf_counter(), [500]
-        if self.key and scope["path"] not in PROBES:
-            headers = dict(scope["headers"])
-            given = headers.get(b"x-api-key", b"")
-            auth = headers.get(b"authorization", b"")
-            if not given and auth[:7].lower() == b"bearer ":
-                given = auth[7:]
-            if not hmac.compare_digest(given, self.key.encode()):
-                response = _error(401, "missing or wrong API key: send it as X-API-Key")
-                response.headers["WWW-Authenticate"] = "Bearer"
-                self.state.metrics.requests.labels(route, "401").inc()
-                return await response(scope, receive, send)
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        inference = route in INFERENCE_ROUTES
-        if inference:
-            receive = _limited(receive, self.state.settings.max_bytes)
-        self.state.in_flight += inference
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self.state.in_flight -= inference
-            m = self.state.metrics
-            m.requests.labels(route, str(status[0])).inc()
-            m.request_seconds.labels(route).observe(time.perf_counter() - t0)
-
-
-def _limited(receive, limit: int):
-    """`receive` that stops a body at `limit` bytes, whether or not a Content-Length was sent
-    (chunked uploads, multipart files spooled by the form parser)."""
-    from fastapi import HTTPException
-
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise HTTPException(413, f"request is over {limit:,} bytes")
-        return message
-
-    return wrapped
-
-
-def _route(path: str) -> str:
-    """A bounded label set: model names and versions folded."""
-    parts = path.split("/")
-    if len(parts) > 3 and parts[1] == "v2" and parts[2] == "models":
-        return "/v2/models/{name}" + ("/" + parts[-1] if parts[-1] in ("infer", "ready") else "")
-    if path in ("/v1/predict", "/v1/model", "/metrics", "/docs", "/openapi.json", "/v2", *PROBES):
-        return path
-    return "other"
+    app.add_middleware(AuthAndMetrics, state=state, key=key)
 
 
 def _probe_routes(app, state: ServerState, name: str) -> None:
@@ -266,7 +130,7 @@ def _probe_routes(app, state: ServerState, name: str) -> None:
     def ready():
         if state.ready:
             return {"ready": True}
-        return _error(503, state.error or "the model is loading", retry_after=1)
+        return error(503, state.error or "the model is loading", retry_after=1)
 
     @app.get("/metrics")
     def metrics():
@@ -278,273 +142,6 @@ def _probe_routes(app, state: ServerState, name: str) -> None:
         from fastapi.responses import HTMLResponse
 
         return HTMLResponse(api_reference_html(app.openapi()))
-
-
-def _require_ready(state: ServerState) -> None:
-    from fastapi import HTTPException
-
-    if state.ready:
-        return
-    if state.clf is not None:  # loaded once: this is the drain at shutdown
-        raise HTTPException(503, "the server is shutting down", {"Retry-After": "5"})
-    raise HTTPException(
-        503, state.error or "the model is loading; retry shortly", {"Retry-After": "1"}
-    )
-
-
-async def _run(state: ServerState, batch: np.ndarray) -> np.ndarray:
-    """Logits for a preprocessed batch through the shared batcher; HTTP errors for overload."""
-    from fastapi import HTTPException
-
-    _require_ready(state)
-    s = state.settings
-    try:
-        return await state.batcher_for().submit(batch, s.request_timeout_s)
-    except ValueError as exc:  # more images than the queue can ever hold
-        raise HTTPException(413, f"{exc}; send fewer images per request") from None
-    except QueueFull as exc:
-        raise HTTPException(503, f"server busy ({exc}); retry", {"Retry-After": "1"}) from None
-    except DeadlineExceeded:
-        raise HTTPException(
-            503, f"not answered within {s.request_timeout_s:g} s; retry", {"Retry-After": "1"}
-        ) from None
-    except Closed:
-        raise HTTPException(503, "the server is shutting down", {"Retry-After": "5"}) from None
-
-
-def _v1_routes(app, state: ServerState, path: Path) -> None:
-    from fastapi import HTTPException, Query, Request, Response
-    from starlette.concurrency import run_in_threadpool
-
-    s = state.settings
-
-    @app.get("/v1/model")
-    def model_info() -> dict[str, Any]:
-        if state.clf is None:
-            raise HTTPException(503, state.error or "the model is loading")
-        meta = state.clf.predictor.metadata
-        return {
-            "file": path.name,
-            "classes": state.clf.classes,
-            "num_classes": state.clf.num_classes,
-            "input": {
-                "size": meta.get("input_size"),
-                "resize": meta.get("resize"),
-                "mean": meta.get("mean"),
-                "std": meta.get("std"),
-                "layout": "NCHW float32, RGB",
-            },
-            "providers": state.clf.predictor.session.get_providers(),
-            "limits": {
-                "max_images": s.max_images,
-                "max_bytes": s.max_bytes,
-                "max_pixels": s.max_pixels,
-                "max_request_pixels": s.max_request_pixels,
-            },
-            "batching": {
-                "max_batch_size": s.max_batch_size,
-                "max_queue_delay_us": s.max_queue_delay_us,
-                "max_queue": s.max_queue,
-            },
-        }
-
-    def prepare(uploads):
-        with state.decodes:  # bounds the memory of images being decoded at once
-            return state.clf.prepare(uploads)
-
-    @app.post("/v1/predict", response_model=None)
-    async def predict(
-        request: Request,
-        top_k: int = Query(5, ge=1, description="classes to return per image, best first"),
-    ) -> Response:
-        _require_ready(state)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
-            raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
-        try:
-            uploads = await _with_deadline(
-                _read_uploads(request, request.headers.get("content-type", ""), s),
-                s.body_timeout_s,
-            )
-            t0 = time.perf_counter()
-            pixels = state.clf.work_pixels(uploads, s.max_request_pixels)  # headers only
-            if pixels <= s.inline_decode_pixels:
-                batch = state.clf.prepare(uploads)  # small: cheaper than a hop to a thread
-            else:
-                batch = await run_in_threadpool(prepare, uploads)
-        except BadImage as exc:
-            raise HTTPException(400, str(exc)) from None
-        except TooLarge as exc:
-            raise HTTPException(413, str(exc)) from None
-        t1 = time.perf_counter()
-        logits = await _run(state, batch)
-        t2 = time.perf_counter()
-        out = {
-            "predictions": state.clf.answer([n for n, _ in uploads], logits, top_k),
-            "timing_ms": {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3},
-            "model": path.name,
-        }
-        # Serialised here: FastAPI's response validation costs more than the model call.
-        return Response(json.dumps(out).encode(), media_type="application/json")
-
-
-async def _with_deadline(coro, seconds: float):
-    from fastapi import HTTPException
-
-    try:
-        return await asyncio.wait_for(coro, seconds)
-    except asyncio.TimeoutError:
-        raise HTTPException(408, f"the request body did not arrive within {seconds:g} s") from None
-
-
-async def _read_uploads(request, ctype: str, s: ServeSettings) -> list[tuple[str, bytes]]:
-    from fastapi import HTTPException
-
-    limit, max_n = s.max_bytes, s.max_images
-    if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_files=max_n + 1, max_fields=max_n + 16)
-        files = [v for _, v in form.multi_items() if hasattr(v, "read")]
-        if not files:
-            raise HTTPException(
-                400, "the multipart form holds no file; send images as -F file=@image.png"
-            )
-        if len(files) > max_n:
-            raise HTTPException(413, f"{len(files)} images in one request, over {max_n}")
-        uploads, total = [], 0
-        for i, f in enumerate(files):
-            data = await f.read()
-            total += len(data)
-            if total > limit:
-                raise HTTPException(413, f"request is over {limit:,} bytes of images")
-            uploads.append((f.filename or f"file{i}", data))
-        return uploads
-    if ctype.startswith(("application/json", "application/x-www-form-urlencoded", "text/")):
-        raise HTTPException(
-            415,
-            f"Content-Type {ctype!r} is not an image; send multipart/form-data with file "
-            "fields, or the raw image bytes with Content-Type image/*",
-        )
-    data = await _body(request, limit)
-    if not data:
-        raise HTTPException(
-            400, "empty request body; send an image (raw bytes or multipart file fields)"
-        )
-    return [("body", data)]
-
-
-async def _body(request, limit: int) -> bytes:
-    from fastapi import HTTPException
-
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise HTTPException(413, f"request is over {limit:,} bytes")
-    return bytes(data)
-
-
-def _v2_routes(app, state: ServerState, name: str) -> None:
-    from fastapi import HTTPException, Request, Response
-
-    from serving import v2
-
-    s = state.settings
-
-    def check(model: str, ver: str = "1") -> None:
-        if model != name:
-            raise HTTPException(404, f"unknown model {model!r}; this server serves {name!r}")
-        if ver not in ("", "1"):
-            raise HTTPException(404, f"model {name!r} has version 1 only, not {ver!r}")
-
-    @app.get("/v2")
-    def server_metadata() -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            ver = version(SERVER_NAME)
-        except PackageNotFoundError:
-            ver = "0"
-        return {"name": SERVER_NAME, "version": ver, "extensions": ["binary_tensor_data"]}
-
-    def tensors(items) -> list[dict[str, Any]]:
-        return [
-            {"name": t.name, "datatype": v2.NAMES[np.dtype(_np_type(t.type))],
-             "shape": [d if isinstance(d, int) else -1 for d in t.shape]}
-            for t in items
-        ]  # fmt: skip
-
-    @app.get("/v2/models/{model}")
-    @app.get("/v2/models/{model}/versions/{ver}")
-    def model_metadata(model: str, ver: str = "1") -> dict[str, Any]:
-        check(model, ver)
-        if state.clf is None:
-            raise HTTPException(503, state.error or "the model is loading")
-        sess = state.clf.predictor.session
-        return {
-            "name": name,
-            "versions": ["1"],
-            "platform": "onnxruntime_onnx",
-            "inputs": tensors(sess.get_inputs()),
-            "outputs": tensors(sess.get_outputs()),
-        }
-
-    @app.get("/v2/models/{model}/ready")
-    @app.get("/v2/models/{model}/versions/{ver}/ready")
-    def model_ready(model: str, ver: str = "1"):
-        check(model, ver)
-        return {"name": name, "ready": True} if state.ready else _error(503, "not ready", 1)
-
-    @app.post("/v2/models/{model}/infer")
-    @app.post("/v2/models/{model}/versions/{ver}/infer")
-    async def infer(model: str, request: Request, ver: str = "1"):
-        check(model, ver)
-        _require_ready(state)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
-            raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
-        body = await _with_deadline(_body(request, s.max_bytes), s.body_timeout_s)
-        out_name = state.clf.predictor.session.get_outputs()[0].name
-        try:
-            req, arrays = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH.lower()))
-            x = _model_input(state, arrays, req)
-            v2.check_outputs(req, [out_name])  # before the model runs, not after
-        except v2.ProtocolError as exc:
-            raise HTTPException(400, str(exc)) from None
-        logits = await _run(state, x)
-        content, headers = v2.encode_response(name, "1", req, {out_name: logits})
-        return Response(content, headers=headers)
-
-
-def _np_type(onnx_type: str):
-    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
-             "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}  # fmt: skip
-    return table.get(onnx_type, np.float32)
-
-
-def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -> np.ndarray:
-    """The one input tensor, checked against the model's name, datatype and shape."""
-    from serving.v2 import NAMES, ProtocolError
-
-    inp = state.clf.predictor.session.get_inputs()[0]
-    if set(arrays) != {inp.name}:
-        raise ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
-    x = arrays[inp.name]
-    want_type = NAMES[np.dtype(_np_type(inp.type))]
-    sent_type = next(t.get("datatype") for t in req["inputs"] if t.get("name") == inp.name)
-    if sent_type != want_type:
-        raise ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
-    want = [d if isinstance(d, int) else None for d in inp.shape]
-    if x.ndim != len(want) or any(
-        w is not None and w != d for w, d in zip(want, x.shape, strict=True)
-    ):
-        shown = [d if d is not None else -1 for d in want]
-        raise ProtocolError(
-            f"input {inp.name!r} has shape {list(x.shape)}; the model takes {shown}"
-        )
-    if x.shape[0] > state.settings.max_images:
-        raise ProtocolError(f"{x.shape[0]} images in one request, over {state.settings.max_images}")
-    return np.ascontiguousarray(x, dtype=_np_type(inp.type))
 
 
 def api_reference_html(schema: dict[str, Any]) -> str:

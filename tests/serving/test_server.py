@@ -121,12 +121,20 @@ def test_metrics_count_requests_batches_and_readiness(tiny_model) -> None:
     assert 'request_seconds_count{route="/v2/models/{name}/infer"} 3.0' in text
 
 
-def test_concurrent_clients_are_batched_together(tiny_model) -> None:
+def test_concurrent_clients_are_batched_together(tiny_model, monkeypatch) -> None:
     import httpx
 
+    from serving.predictor import OrtPredictor
     from tests.serving.test_http import _png
 
-    with live_server(tiny_model, max_batch_size=16, max_queue_delay_us=50_000) as url:
+    real = OrtPredictor.run
+
+    def slow(self, batch):  # while one call runs, the other clients' requests queue up
+        time.sleep(0.05)
+        return real(self, batch)
+
+    monkeypatch.setattr(OrtPredictor, "run", slow)
+    with live_server(tiny_model, max_batch_size=16) as url:
 
         def one(i: int) -> int:
             png = _png((i * 20 % 255, 10, 10))
@@ -141,7 +149,7 @@ def test_concurrent_clients_are_batched_together(tiny_model) -> None:
         text = httpx.get(f"{url}/metrics", timeout=5).text
     assert codes == [200] * 16
     count = float(text.split("batch_size_count ")[1].split()[0])
-    assert count < 16  # fewer inference calls than requests: they were gathered
+    assert count <= 8  # at most half as many inference calls as requests: they were gathered
 
 
 def test_overload_answers_503_with_retry_after_and_nothing_else(tiny_model, monkeypatch) -> None:

@@ -1,0 +1,114 @@
+"""The Open Inference Protocol routes (KServe v2 / Triton HTTP): server and model metadata,
+health and readiness, and inference on the model's own tensors."""
+
+from typing import Any
+
+import numpy as np
+
+from serving.state import ServerState, error, read_body, require_ready, run, with_deadline
+
+SERVER_NAME = "skd-pipeline"
+
+
+def add_v2_routes(app, state: ServerState, name: str) -> None:
+    from fastapi import HTTPException, Request, Response
+
+    from serving import v2
+
+    s = state.settings
+
+    def check(model: str, ver: str = "1") -> None:
+        if model != name:
+            raise HTTPException(404, f"unknown model {model!r}; this server serves {name!r}")
+        if ver not in ("", "1"):
+            raise HTTPException(404, f"model {name!r} has version 1 only, not {ver!r}")
+
+    @app.get("/v2")
+    def server_metadata() -> dict[str, Any]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            ver = version(SERVER_NAME)
+        except PackageNotFoundError:
+            ver = "0"
+        return {"name": SERVER_NAME, "version": ver, "extensions": ["binary_tensor_data"]}
+
+    def tensors(items) -> list[dict[str, Any]]:
+        return [
+            {"name": t.name, "datatype": v2.NAMES[np.dtype(_np_type(t.type))],
+             "shape": [d if isinstance(d, int) else -1 for d in t.shape]}
+            for t in items
+        ]  # fmt: skip
+
+    @app.get("/v2/models/{model}")
+    @app.get("/v2/models/{model}/versions/{ver}")
+    def model_metadata(model: str, ver: str = "1") -> dict[str, Any]:
+        check(model, ver)
+        if state.clf is None:
+            raise HTTPException(503, state.error or "the model is loading")
+        sess = state.clf.predictor.session
+        return {
+            "name": name,
+            "versions": ["1"],
+            "platform": "onnxruntime_onnx",
+            "inputs": tensors(sess.get_inputs()),
+            "outputs": tensors(sess.get_outputs()),
+        }
+
+    @app.get("/v2/models/{model}/ready")
+    @app.get("/v2/models/{model}/versions/{ver}/ready")
+    def model_ready(model: str, ver: str = "1"):
+        check(model, ver)
+        return {"name": name, "ready": True} if state.ready else error(503, "not ready", 1)
+
+    @app.post("/v2/models/{model}/infer")
+    @app.post("/v2/models/{model}/versions/{ver}/infer")
+    async def infer(model: str, request: Request, ver: str = "1"):
+        check(model, ver)
+        require_ready(state)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
+            raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
+        body = await with_deadline(read_body(request, s.max_bytes), s.body_timeout_s)
+        out_name = state.clf.predictor.session.get_outputs()[0].name
+        try:
+            req, arrays = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH.lower()))
+            x = _model_input(state, arrays, req)
+            v2.check_outputs(req, [out_name])  # before the model runs, not after
+        except v2.ProtocolError as exc:
+            raise HTTPException(400, str(exc)) from None
+        logits = await run(state, x)
+        content, headers = v2.encode_response(name, "1", req, {out_name: logits})
+        return Response(content, headers=headers)
+
+
+def _np_type(onnx_type: str):
+    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+             "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}  # fmt: skip
+    return table.get(onnx_type, np.float32)
+
+
+def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -> np.ndarray:
+    """The one input tensor, checked against the model's name, datatype and shape."""
+    from serving.v2 import NAMES, ProtocolError
+
+    inp = state.clf.predictor.session.get_inputs()[0]
+    if set(arrays) != {inp.name}:
+        raise ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
+    x = arrays[inp.name]
+    want_type = NAMES[np.dtype(_np_type(inp.type))]
+    sent_type = next(t.get("datatype") for t in req["inputs"] if t.get("name") == inp.name)
+    if sent_type != want_type:
+        raise ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
+    want = [d if isinstance(d, int) else None for d in inp.shape]
+    if x.ndim != len(want) or any(
+        w is not None and w != d for w, d in zip(want, x.shape, strict=True)
+    ):
+        shown = [d if d is not None else -1 for d in want]
+        raise ProtocolError(
+            f"input {inp.name!r} has shape {list(x.shape)}; the model takes {shown}"
+        )
+    if x.shape[0] > state.settings.max_images:
+        raise ProtocolError(f"{x.shape[0]} images in one request, over {state.settings.max_images}")
+    return np.ascontiguousarray(x, dtype=_np_type(inp.type))
