@@ -36,7 +36,7 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset
             opset_version=opset,
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
-            dynamic_shapes={"x": {0: batch}},
+            dynamic_shapes=({0: batch},),  # positional: whatever the forward argument is called
             optimize=True,
             verbose=False,
         )

@@ -2,9 +2,10 @@
 
 INT8 follows onnxruntime's own recipe: `quant_pre_process` (shape inference and graph
 optimisation, so batch norm is folded before quantisation) then `quantize_static` with
-calibration batches drawn from the training split, never from test. Per-channel int8
-weights and uint8 activations: per-tensor weights lose accuracy on depthwise and narrow
-convolutions.
+calibration batches drawn from the training split, never from test. The recipe is
+`export.int8`: calibration method, per-channel weights (per-tensor weights lose accuracy on
+depthwise and narrow convolutions), uint8 activations with zero points or symmetric int8 ones
+and float biases (the only kinds TensorRT builds), and operators or nodes kept in float.
 """
 
 from __future__ import annotations
@@ -33,26 +34,47 @@ class _Batches:
         pass
 
 
-def quantize_int8(
-    src: Path, dst: Path, calibration: np.ndarray, *, per_channel: bool = True
-) -> Path:
+def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) -> Path:
+    """Static INT8 QDQ model of `src`. `recipe` is an `export.int8` config (calibration method,
+    percentile, per-channel weights, symmetric or asymmetric activations, what stays in
+    float); None takes its defaults. Weights are always symmetric int8."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    if recipe is None:
+        from pipeline.config import Int8Config
+
+        recipe = Int8Config()
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[recipe.calibration]
+    symmetric = recipe.activations == "symmetric"
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        graph = onnx.load(str(pre), load_external_data=False).graph
+        op_types = sorted({n.op_type for n in graph.node} - set(recipe.exclude_op_types))
         quantize_static(
             str(pre),
             str(dst),
             _Batches(input_name, calibration, batch=32),
             quant_format=QuantFormat.QDQ,
-            per_channel=per_channel,
+            op_types_to_quantize=op_types if recipe.exclude_op_types else None,
+            nodes_to_exclude=list(recipe.exclude_nodes) or None,
+            per_channel=recipe.per_channel,
             weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+            calibrate_method=method,
+            extra_options={
+                "ActivationSymmetric": symmetric,
+                "WeightSymmetric": True,
+                "CalibPercentile": recipe.percentile,
+                "QuantizeBias": recipe.bias == "int32",
+            },
         )
     return dst
 

@@ -14,17 +14,17 @@ import numpy as np
 class Variant:
     name: str
     filename: str
-    build: Callable[[Path, Path, Callable[[], np.ndarray]], Path]  # (fp32, dst, calibration)
+    build: Callable[..., Path]  # (fp32, dst, calibration, export config) -> the file made
     backend: str  # how validation describes the runtime
 
 
-def _int8(src: Path, dst: Path, calibration: Callable[[], np.ndarray]) -> Path:
+def _int8(src: Path, dst: Path, calibration: Callable[[], np.ndarray], cfg) -> Path:
     from export.quantize import quantize_int8
 
-    return quantize_int8(src, dst, calibration())
+    return quantize_int8(src, dst, calibration(), cfg.int8 if cfg is not None else None)
 
 
-def _fp16(src: Path, dst: Path, calibration: Callable[[], np.ndarray]) -> Path:
+def _fp16(src: Path, dst: Path, calibration: Callable[[], np.ndarray], cfg) -> Path:
     from export.quantize import convert_fp16
 
     return convert_fp16(src, dst)

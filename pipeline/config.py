@@ -223,6 +223,25 @@ class PruneConfig(Strict):
     atol: float = Field(0.0, ge=0.0, description="0 demands bit-for-bit equal logits")
 
 
+class Int8Config(Strict):
+    """The INT8 recipe (ONNX Runtime static quantization, QDQ format)."""
+
+    calibration: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="how activation ranges are set from the calibration images"
+    )
+    percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration=percentile")
+    per_channel: bool = Field(True, description="one weight scale per output channel")
+    activations: Literal["asymmetric", "symmetric"] = Field(
+        "asymmetric",
+        description="uint8 with a zero point, or int8 around 0 (what TensorRT accepts)",
+    )
+    bias: Literal["int32", "float"] = Field(
+        "int32", description="int32 biases (ONNX Runtime) or float ones (TensorRT needs these)"
+    )
+    exclude_op_types: list[str] = Field([], description="operator types kept in float, e.g. [Gemm]")
+    exclude_nodes: list[str] = Field([], description="node names kept in float")
+
+
 class ExportConfig(Strict):
     opset: int = Field(18, ge=13, le=23)
     atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
@@ -232,8 +251,9 @@ class ExportConfig(Strict):
         ["onnx_int8"], description="variants made beside the FP32 model (registry: export.variants)"
     )
     calibration_samples: int = Field(
-        256, ge=8, description="train images (eval transform) for INT8"
+        256, ge=8, description="train images (eval transform) for INT8, never test images"
     )
+    int8: Int8Config = Int8Config()
     model_version: int = Field(
         1, ge=1, description="the ONNX model_version and the model card's version"
     )

@@ -29,12 +29,15 @@ def calibration_batch(ctx: StageContext, n: int) -> np.ndarray:
     return view.stack().numpy().astype(np.float32)
 
 
-def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, samples: int) -> Path:
+def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, e) -> Path:
     """One export variant; a builder's own failure (onnxruntime's quantizer raises bare
     assertions) becomes a StageError that names the variant."""
     try:
         return variant.build(
-            fp32, out_dir / variant.filename, lambda: calibration_batch(ctx, samples)
+            fp32,
+            out_dir / variant.filename,
+            lambda: calibration_batch(ctx, e.calibration_samples),
+            e,
         )
     except (PipelineError, OSError):
         raise
@@ -80,7 +83,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     artefacts = {"onnx": "model.onnx"}
     for fmt in e.formats:
         variant = VARIANTS[fmt]
-        made = _build_variant(variant, path, out_dir, ctx, e.calibration_samples)
+        made = _build_variant(variant, path, out_dir, ctx, e)
         artefacts[fmt] = made.name
         # Reduced precision is judged on accuracy by the validate gates; this records how far it moved.
         metrics[fmt] = {"parity": ort_parity(made, model, images), "bytes": made.stat().st_size}
