@@ -3,11 +3,13 @@ engine is `serving.predictor.TrtPredictor`'s job; `build_and_benchmark` ties bot
 
     python -m pipeline tensorrt runs/digits-resnet18 --precision fp16 --batch 1 32
 
-Uses the TensorRT 10 Python API. The engine gets one optimisation profile over the dynamic batch axis
-(min 1, opt and max the largest benchmark batch). Precisions: `fp32`, `fp16` (the builder
-may choose FP16 kernels), and `int8` for an ONNX file with explicit symmetric INT8 Q/DQ nodes
-(TensorRT 10 no longer calibrates implicitly; onnxruntime's default QDQ export uses uint8
-activations with zero points, which TensorRT rejects, so `int8` checks for that first).
+Written for TensorRT 11 (and 10): strongly typed networks, no FP16/INT8 builder flags, no
+calibrator. An engine's precision is its ONNX graph's: `fp32` from the FP32 export, `fp16`
+from the FP16 variant, `int8` from explicit symmetric INT8 Q/DQ (`export.int8` with
+`activations: symmetric` and `bias: float`; onnxruntime's default uint8 activations with zero
+points are refused, and checked for first). One optimisation profile over the batch axis (min,
+opt, max), a timing cache reused across builds, and a JSON record beside each engine of the
+TensorRT version and GPU it is bound to.
 
 Everything imports lazily: on a machine without tensorrt or a GPU, `require_tensorrt` raises a
 `GpuUnavailable` (exit 7) whose message says what is missing and how to install it.
@@ -15,8 +17,10 @@ Everything imports lazily: on a machine without tensorrt or a GPU, `require_tens
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,36 +57,91 @@ def _check_int8_qdq(onnx_path: Path) -> None:
                 )
 
 
+@dataclass(frozen=True)
+class Profile:
+    """The optimisation profile over the batch axis: min, opt (tuned for) and max batch."""
+
+    min: int = 1
+    opt: int = 32
+    max: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ConfigError(
+                f"engine profile batch sizes must satisfy 1 <= min <= opt <= max; got "
+                f"{self.min}, {self.opt}, {self.max}"
+            )
+
+
+def graph_precision(onnx_path: Path) -> str:
+    """What a strongly typed build of this ONNX file runs in: int8 (Q/DQ nodes), fp16 (FP16
+    initialisers) or fp32."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def _network(trt, builder):
+    """A strongly typed network: always so in TensorRT 11 (the flag is gone or implied); asked
+    for explicitly in TensorRT 10, where weak typing was the default."""
+    major = int(trt.__version__.split(".")[0])
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return builder.create_network(1 << int(flag) if flag is not None and major < 11 else 0)
+
+
+def _timing_cache(trt, config, path: Path | None):
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
 def build_engine(
     onnx_path: str | Path,
     engine_path: str | Path,
     *,
     precision: str = "fp16",
-    max_batch: int = 32,
+    profile: Profile | None = None,
+    timing_cache: Path | None = None,
     workspace_gib: float = 2.0,
-) -> Path:
-    """Parse the ONNX file, build a serialized engine and write it (atomically) to engine_path."""
-    trt = require_tensorrt()
+) -> dict[str, Any]:
+    """Parse the ONNX file, build a serialized engine, write it (atomically) to engine_path with
+    a JSON record beside it, and return that record.
+
+    Networks are strongly typed (the only kind TensorRT 11 builds; no FP16/INT8 builder flags):
+    the precision is the ONNX graph's own, so `precision` is checked against it: fp32 from the
+    FP32 export, fp16 from the FP16 variant, int8 from a symmetric Q/DQ model. The timing
+    cache, if given, is read before and written after the build, so later builds reuse it.
+    """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    found = graph_precision(onnx_path)  # checked before a GPU is needed
+    if found != precision:
+        raise ConfigError(
+            f"{onnx_path.name} is an {found} graph; a strongly typed {precision} engine needs the "
+            f"{ {'fp32': 'FP32 export (onnx)', 'fp16': 'FP16 variant (onnx_fp16)', 'int8': 'symmetric INT8 Q/DQ model'}[precision] }"
+        )
     if precision == "int8":
         _check_int8_qdq(onnx_path)
+    profile = profile or Profile()
+    trt = require_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    network = _network(trt, builder)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise StageError(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.set_flag(trt.BuilderFlag.FP16)  # layers left in float may run in FP16
-    profile = builder.create_optimization_profile()
+    _timing_cache(trt, config, timing_cache)
+    opt = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         t = network.get_input(i)
         shape = list(t.shape)
@@ -91,24 +150,50 @@ def build_engine(
                 f"input {t.name!r} has dynamic axes beyond the batch ({shape}); export with a "
                 "fixed image size"
             )
-        lo, hi = [1, *shape[1:]], [max_batch, *shape[1:]]
-        profile.set_shape(t.name, lo, hi, hi)
-    config.add_optimization_profile(profile)
+        rest = shape[1:]
+        opt.set_shape(t.name, [profile.min, *rest], [profile.opt, *rest], [profile.max, *rest])
+    config.add_optimization_profile(opt)
     t0 = time.perf_counter()
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise StageError(f"TensorRT failed to build an engine for {onnx_path} (see its log)")
-    tmp = engine_path.with_name(engine_path.name + ".partial")
-    tmp.write_bytes(bytes(blob))
-    tmp.replace(engine_path)
+    seconds = time.perf_counter() - t0
+    if timing_cache is not None:
+        _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    _write_atomic(engine_path, bytes(blob))
+    record = engine_record(trt, precision, profile) | {
+        "onnx": onnx_path.name,
+        "build_s": round(seconds, 2),
+    }
+    _write_atomic(engine_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
     log.info(
         "TensorRT %s engine for %s built in %.1f s -> %s",
         precision,
         onnx_path.name,
-        time.perf_counter() - t0,
+        seconds,
         engine_path,
     )
-    return engine_path
+    return record
+
+
+def engine_record(trt, precision: str, profile: Profile) -> dict[str, Any]:
+    """What an engine is bound to: TensorRT version and GPU (an engine runs only there)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+        "precision": precision,
+        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+    }
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(data)
+    tmp.replace(path)
 
 
 def default_engine_path(onnx_path: Path, precision: str) -> Path:
@@ -133,15 +218,17 @@ def build_and_benchmark(
 ) -> dict[str, Any]:
     """Build an engine, time it per batch size and check it against ONNX Runtime; the result
     is also written beside the engine as JSON."""
-    import json
-
     from serving.bench import benchmark_engine
     from serving.predictor import OrtPredictor
 
     require_tensorrt()  # fail before anything is written
     engine = engine_path or default_engine_path(onnx_path, precision)
     engine.parent.mkdir(parents=True, exist_ok=True)
-    build_engine(onnx_path, engine, precision=precision, max_batch=max(batches))
+    build_engine(
+        onnx_path, engine, precision=precision,
+        profile=Profile(1, min(32, max(batches)), max(batches)),
+        timing_cache=engine.parent / "timing.cache",
+    )  # fmt: skip
     ort = OrtPredictor(onnx_path)
     shape = tuple(ort.session.get_inputs()[0].shape[1:])  # fixed C, H, W (checked by the build)
     n = min(16, max(batches))  # within the engine's batch profile
@@ -149,5 +236,5 @@ def build_and_benchmark(
     res = benchmark_engine(
         engine, shape, batches, iters=iters, reference=x, reference_logits=ort.run(x)
     )
-    engine.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    engine.with_name(engine.stem + ".benchmark.json").write_text(json.dumps(res, indent=2))
     return res

@@ -133,6 +133,29 @@ def require_tensorrt():
     return trt
 
 
+def _gpu_identity(torch) -> dict[str, str]:
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def check_engine_record(engine: Path, tensorrt_version: str, gpu: dict[str, str]) -> None:
+    """Refuse an engine built for another TensorRT version or GPU, naming both (its JSON
+    record, written by the builder, says what it was built for). An engine without a record
+    is left to TensorRT's own check."""
+    record_path = engine.with_suffix(".json")
+    if not record_path.is_file():
+        return
+    rec = json.loads(record_path.read_text())
+    built = (rec.get("tensorrt"), rec.get("gpu"), rec.get("compute_capability"))
+    here = (tensorrt_version, gpu.get("gpu"), gpu.get("compute_capability"))
+    if built != here:
+        raise ArtefactError(
+            f"{engine} was built with TensorRT {built[0]} for {built[1]} (compute capability "
+            f"{built[2]}); this machine has TensorRT {here[0]} and {here[1]} ({here[2]}). "
+            "Engines run only where they were built: rebuild it here"
+        )
+
+
 class TrtPredictor:
     """A deserialized TensorRT engine with one execution context: `run` takes and returns
     numpy like `OrtPredictor.run`; calling it runs torch CUDA tensors without copies.
@@ -143,6 +166,7 @@ class TrtPredictor:
 
         trt = require_tensorrt()
         self.trt, self.torch = trt, torch
+        check_engine_record(Path(engine_path), trt.__version__, _gpu_identity(torch))
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())

@@ -130,11 +130,16 @@ def test_int8_engine_needs_symmetric_qdq(tmp_path):
 
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
-    from export.tensorrt import build_engine
+    from export.tensorrt import Profile, build_engine
     from serving.bench import benchmark_engine
     from serving.predictor import OrtPredictor
 
-    engine = build_engine(tiny_model, tmp_path / "m.engine", precision="fp32", max_batch=8)
+    engine, cache = tmp_path / "m.engine", tmp_path / "timing.cache"
+    record = build_engine(
+        tiny_model, engine, precision="fp32", profile=Profile(1, 4, 8), timing_cache=cache
+    )
+    assert record["profile"] == {"min": 1, "opt": 4, "max": 8} and cache.stat().st_size > 0
+    assert json.loads(engine.with_suffix(".json").read_text())["tensorrt"] == record["tensorrt"]
     x = np.random.default_rng(1).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
     res = benchmark_engine(
         engine, (3, SIZE, SIZE), [1, 8], warmup=2, iters=5,
@@ -142,3 +147,38 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
     )  # fmt: skip
     assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["max_abs_diff"] < 1e-3
     assert res["batch_8"]["images_per_s"] > 0
+
+
+def test_engine_precision_follows_the_graph_checked_before_any_gpu(tmp_path, tiny_model):
+    from export.quantize import convert_fp16
+    from export.tensorrt import Profile, build_engine, graph_precision
+
+    assert graph_precision(tiny_model) == "fp32"
+    fp16 = convert_fp16(tiny_model, tmp_path / "m.fp16.onnx")
+    assert graph_precision(fp16) == "fp16"
+    with pytest.raises(
+        ConfigError, match="fp32 graph; a strongly typed fp16 engine needs the FP16"
+    ):
+        build_engine(tiny_model, tmp_path / "x.engine", precision="fp16")
+    with pytest.raises(ConfigError, match="min <= opt <= max"):
+        Profile(1, 64, 32)
+
+
+def test_an_engine_built_elsewhere_is_refused_naming_both(tmp_path):
+    from pipeline.errors import ArtefactError
+    from serving.predictor import check_engine_record
+
+    engine = tmp_path / "m.fp16.engine"
+    engine.write_bytes(b"engine")
+    here = {"gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+    engine.with_suffix(".json").write_text(
+        json.dumps({"tensorrt": "11.4.0", "gpu": "NVIDIA A10", "compute_capability": "8.6"})
+    )
+    with pytest.raises(
+        ArtefactError, match=r"TensorRT 11\.4\.0 for NVIDIA A10.*TensorRT 11\.4\.0 and NVIDIA H100"
+    ):
+        check_engine_record(engine, "11.4.0", here)
+    engine.with_suffix(".json").write_text(json.dumps({"tensorrt": "11.4.0", **here}))
+    check_engine_record(engine, "11.4.0", here)  # built here: accepted
+    with pytest.raises(ArtefactError, match="TensorRT 11.4.0 .* TensorRT 10.9"):
+        check_engine_record(engine, "10.9", here)

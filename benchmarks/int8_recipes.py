@@ -1,0 +1,106 @@
+"""INT8 recipes side by side on one trained run: each calibration method with asymmetric (uint8)
+and symmetric (int8) activations, and the TensorRT recipe (symmetric, float biases), against
+the FP32 ONNX model, in one process: top-1 on the run's test split, ONNX Runtime latency at
+batch 1 (p50 of single calls) and images/s at batch 32, file size.
+
+    python benchmarks/int8_recipes.py runs/c10s-r18w1 --out benchmarks/results/int8-recipes
+
+Calibration images come from the run's train split (evaluation transform), never from test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export.quantize import quantize_int8  # noqa: E402
+from export.tensorrt import _check_int8_qdq  # noqa: E402
+from pipeline.artifacts import find_stage  # noqa: E402
+from pipeline.config import Int8Config, load_config  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
+from pipeline.runner import make_context  # noqa: E402
+from pipeline.stages.export import calibration_batch  # noqa: E402
+from pipeline.timing import sweep_point  # noqa: E402
+from serving.predictor import OrtPredictor  # noqa: E402
+
+RECIPES = {
+    f"{cal}/{act}": Int8Config(calibration=cal, activations=act)
+    for cal in ("minmax", "entropy", "percentile")
+    for act in ("asymmetric", "symmetric")
+} | {"tensorrt (minmax/symmetric, float bias)": Int8Config(activations="symmetric", bias="float")}
+
+
+def measure(path: Path, xs: np.ndarray, ys: np.ndarray, seconds: float) -> dict:
+    pred = OrtPredictor(path)
+    logits = np.concatenate([pred.run(xs[i : i + 256]) for i in range(0, len(xs), 256)])
+    one, batch = xs[:1], np.resize(xs, (32, *xs.shape[1:]))
+    b1 = sweep_point(lambda: pred.run(one), 1, min_runs=300, max_seconds=seconds, warmup=20)
+    b32 = sweep_point(lambda: pred.run(batch), 32, min_runs=100, max_seconds=seconds, warmup=5)
+    try:
+        _check_int8_qdq(path)
+        trt_ok = "yes"
+    except ConfigError as exc:
+        trt_ok = "no" if "Q/DQ" not in str(exc) else "n/a (float)"
+    return {
+        "top1": float((logits.argmax(1) == ys).mean()),
+        "p50_ms_batch1": b1["p50"],
+        "images_per_s_batch32": b32["images_per_s"],
+        "bytes": path.stat().st_size,
+        "tensorrt_qdq_check": trt_ok,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("run", type=Path)
+    p.add_argument("--seconds", type=float, default=3.0, help="timing per point, at most")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/int8-recipes"))
+    args = p.parse_args()
+    cfg = load_config(args.run / "config.yaml")
+    export = find_stage(args.run, "export")
+    if export is None:
+        raise SystemExit(f"{args.run} has no finished export stage")
+    fp32 = export.path("model.onnx")
+    ctx = make_context(cfg)
+    xs = ctx.data.test.stack().numpy().astype(np.float32)
+    ys = np.asarray(ctx.data.test.labels)
+    calib = calibration_batch(ctx, cfg.export.calibration_samples)
+    rows = {"fp32": measure(fp32, xs, ys, args.seconds)}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, recipe in RECIPES.items():
+            dst = Path(tmp) / f"{name.split(' ')[0].replace('/', '-')}.onnx"
+            quantize_int8(fp32, dst, calib, recipe)
+            rows[name] = measure(dst, xs, ys, args.seconds)
+            print(name, rows[name], flush=True)
+    ref = rows["fp32"]
+    lines = [
+        f"Run `{args.run}` ({cfg.model.name} width {cfg.model.width}), {len(ys):,} test images, "
+        f"{len(calib)} calibration images from train; ONNX Runtime CPU, same process.",
+        "",
+        "| recipe | top-1 | vs FP32 | batch-1 p50 ms | speed-up | img/s at 32 | speed-up | size | TensorRT Q/DQ check |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {100 * r['top1']:.2f}% | {100 * (r['top1'] - ref['top1']):+.2f} | "
+            f"{r['p50_ms_batch1']:.3f} | {ref['p50_ms_batch1'] / r['p50_ms_batch1']:.2f}x | "
+            f"{r['images_per_s_batch32']:,.0f} | {r['images_per_s_batch32'] / ref['images_per_s_batch32']:.2f}x | "
+            f"{r['bytes'] / 1e6:.2f} MB | {r['tensorrt_qdq_check']} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "recipes.json").write_text(
+        json.dumps({"run": str(args.run), "rows": rows}, indent=2)
+    )
+    (args.out / "recipes.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
