@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import ArtefactError, ConfigError, StageError
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,73 @@ def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, s
     return inputs, outputs, meta
 
 
+def with_preprocessing(src: Path, dst: Path) -> Path:
+    """`src` with its preprocessing inside the graph: uint8 RGB pixels (N, H, W, 3) at the
+    model's input size in; cast, NCHW, /255, (x - mean) / std as nodes; `logits` and
+    `probabilities` (softmax) out. Clients send pixels and need no normalisation code; resizing
+    to the input size stays with them (the metadata says the size)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    meta = {p.key: p.value for p in model.metadata_props}
+    missing = [k for k in ("input_size", "mean", "std") if k not in meta]
+    if missing:
+        raise ConfigError(
+            f"{src} has no {', '.join(missing)} in its metadata; preprocessing can be built in "
+            "only for models the export stage wrote"
+        )
+    size = int(json.loads(meta["input_size"]))
+    mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
+    g = model.graph
+    image = g.input[0]
+    batch = image.type.tensor_type.shape.dim[0]
+    pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, [None, size, size, 3])
+    pixels.type.tensor_type.shape.dim[0].CopyFrom(batch)
+    g.initializer.extend([
+        numpy_helper.from_array(np.asarray(255.0, np.float32), "pre_255"),
+        numpy_helper.from_array(mean, "pre_mean"),
+        numpy_helper.from_array(std, "pre_std"),
+    ])  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["pixels"], ["pre_f"], to=TensorProto.FLOAT),
+        helper.make_node("Transpose", ["pre_f"], ["pre_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Div", ["pre_nchw", "pre_255"], ["pre_unit"]),
+        helper.make_node("Sub", ["pre_unit", "pre_mean"], ["pre_centred"]),
+        helper.make_node("Div", ["pre_centred", "pre_std"], [image.name]),
+    ]
+    logits = g.output[0]
+    probs = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, None)
+    probs.type.tensor_type.CopyFrom(logits.type.tensor_type)
+    new_nodes = (
+        nodes
+        + list(g.node)
+        + [helper.make_node("Softmax", [logits.name], ["probabilities"], axis=-1)]
+    )
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.input.remove(image)
+    g.input.insert(0, pixels)
+    g.output.append(probs)
+    for p in model.metadata_props:
+        if p.key == "layout":
+            p.value = "NHWC, RGB, uint8 pixels at input_size; normalisation inside the graph"
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _warmup(cfg, pb2, batched: bool) -> None:
+    """One zero-filled request per input at batch 1, run when Triton loads the model, so the
+    first real request does not pay for allocation and kernel selection."""
+    w = cfg.model_warmup.add(name="zeros", batch_size=1 if batched else 0)
+    for t in cfg.input:
+        w.inputs[t.name].data_type = t.data_type
+        w.inputs[t.name].dims.extend(t.dims)
+        w.inputs[t.name].zero_data = True
+
+
 def build_config(
     path: Path,
     name: str,
@@ -98,6 +167,7 @@ def build_config(
     tensorrt: str | None = None,
     max_queue_delay_us: int = 500,
     labels: bool = True,
+    warmup: bool = True,
 ):
     """The ModelConfig protobuf for an ONNX file; see the module docstring."""
     pb2, _ = _model_config_pb2()
@@ -131,7 +201,7 @@ def build_config(
             data_type=pb2.DataType.Value(t.data_type),
             dims=list(t.shape[1:] if batched else t.shape),
         )
-        if labels and "classes" in meta:
+        if labels and "classes" in meta and t.name != "probabilities":
             out.label_filename = "labels.txt"
     cfg.instance_group.add(
         count=instances,
@@ -145,6 +215,11 @@ def build_config(
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = tensorrt.upper()
         acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        # Triton's ONNX Runtime backend keeps the engines it builds, so a restart loads them.
+        acc.parameters["trt_engine_cache_enable"] = "true"
+        acc.parameters["trt_engine_cache_path"] = f"/tmp/triton-trt-cache/{name}"
+    if warmup:
+        _warmup(cfg, pb2, batched)
     for key in ("input_size", "resize", "mean", "std", "classes"):
         if key in meta:
             cfg.parameters[key].string_value = meta[key]
@@ -158,6 +233,7 @@ def write_repository(
     name: str = "classifier",
     version: int = 1,
     overwrite: bool = False,
+    preprocessing: bool = False,
     **config_kwargs: Any,
 ) -> Path:
     """Write (or replace, with overwrite) one model of a repository; returns the model folder."""
@@ -170,20 +246,28 @@ def write_repository(
     model_dir = Path(out) / name
     if model_dir.exists() and not overwrite:
         raise ConfigError(f"{model_dir} already exists; pass --overwrite to replace it")
-    cfg = build_config(src, name, **config_kwargs)
-    text = text_format.MessageToString(cfg)
-    # Parse back: unknown fields or wrong types would raise here, as Triton would at load time.
-    parsed = text_format.Parse(text, pb2.ModelConfig())
-    if parsed != cfg:
-        raise StageError("config.pbtxt does not round-trip through ModelConfig")
     staging = model_dir.with_name(f".{name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / str(version)).mkdir(parents=True)
-    shutil.copyfile(src, staging / str(version) / "model.onnx")
-    (staging / "config.pbtxt").write_text(text)
-    if any(o.label_filename for o in cfg.output):  # set only when the metadata has classes
-        classes = json.loads(cfg.parameters["classes"].string_value)
-        (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    try:
+        (staging / str(version)).mkdir(parents=True)
+        served = staging / str(version) / "model.onnx"
+        if preprocessing:
+            with_preprocessing(src, served)
+        else:
+            shutil.copyfile(src, served)
+        cfg = build_config(served, name, **config_kwargs)
+        text = text_format.MessageToString(cfg)
+        # Parse back: unknown fields or wrong types would raise here, as Triton would at load time.
+        parsed = text_format.Parse(text, pb2.ModelConfig())
+        if parsed != cfg:
+            raise StageError("config.pbtxt does not round-trip through ModelConfig")
+        (staging / "config.pbtxt").write_text(text)
+        if any(o.label_filename for o in cfg.output):  # set only when the metadata has classes
+            classes = json.loads(cfg.parameters["classes"].string_value)
+            (staging / "labels.txt").write_text("".join(f"{c}\n" for c in classes))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing half-written stays behind
+        raise
     if model_dir.exists():
         shutil.rmtree(model_dir)
     staging.rename(model_dir)  # the model appears complete or not at all

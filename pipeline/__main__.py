@@ -137,6 +137,15 @@ def _add_triton_and_tensorrt(sub) -> None:
         help="let Triton's ONNX Runtime backend run the model through TensorRT",
     )  # fmt: skip
     triton.add_argument("--overwrite", action="store_true", help="replace an existing model")
+    triton.add_argument(
+        "--with-preprocessing", action="store_true",
+        help="put normalisation inside the served model: clients send uint8 RGB pixels "
+        "(N, H, W, 3) at the input size and get logits and probabilities",
+    )  # fmt: skip
+    triton.add_argument(
+        "--max-queue-delay-us", type=int, default=500, help="Triton's dynamic batching delay"
+    )
+    triton.add_argument("--no-warmup", action="store_true", help="skip the load-time warm-up")
 
     trt = sub.add_parser("tensorrt", help="build a TensorRT engine and benchmark it (CUDA GPU)")
     _add_model_arg(trt)
@@ -273,6 +282,9 @@ def _cmd_triton(args: argparse.Namespace) -> int:
         instances=args.instances,
         kind=args.kind,
         tensorrt=args.tensorrt,
+        preprocessing=args.with_preprocessing,
+        max_queue_delay_us=args.max_queue_delay_us,
+        warmup=not args.no_warmup,
     )
     print(folder / "config.pbtxt")
     return 0

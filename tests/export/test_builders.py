@@ -182,3 +182,35 @@ def test_an_engine_built_elsewhere_is_refused_naming_both(tmp_path):
     check_engine_record(engine, "11.4.0", here)  # built here: accepted
     with pytest.raises(ArtefactError, match="TensorRT 11.4.0 .* TensorRT 10.9"):
         check_engine_record(engine, "10.9", here)
+
+
+@needs_triton
+def test_triton_with_preprocessing_takes_pixels_and_matches_the_server_path(tmp_path, tiny_model):
+    from PIL import Image
+
+    from export.triton import read_config, write_repository
+    from serving.predictor import OrtPredictor
+
+    d = write_repository(
+        tiny_model, tmp_path / "repo", name="tiny", kind="gpu", tensorrt="fp16",
+        preprocessing=True, max_queue_delay_us=250,
+    )  # fmt: skip
+    cfg = read_config(d)  # Triton's own schema
+    assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
+        ("pixels", [SIZE, SIZE, 3], 2)  # TYPE_UINT8
+    ]
+    assert [o.name for o in cfg.output] == ["logits", "probabilities"]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
+    warm = cfg.model_warmup[0]
+    assert warm.batch_size == 1 and warm.inputs["pixels"].zero_data
+    acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert acc.parameters["trt_engine_cache_enable"] == "true"
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (5, SIZE, SIZE, 3), dtype=np.uint8)
+    served = OrtPredictor(d / "1" / "model.onnx")
+    logits, probs = served.session.run(None, {"pixels": pixels})
+    plain = OrtPredictor(tiny_model)
+    ref = plain.run(plain.preprocess([np.asarray(Image.fromarray(p)) for p in pixels]))
+    np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
+    assert not (tmp_path / "repo" / ".tiny.partial").exists()
