@@ -44,3 +44,24 @@ def test_summary_pairs_gains_by_seed(methods):
     assert "| ama | 2 | 58.00 ± 4.24 | +3.00 ± 2.83 | 20.0 | 2.00x |" in methods.markdown(
         list(rows.values()), "#"
     )
+
+
+def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("a GPU is visible: the full check runs there, not in the CPU suite")
+    out = tmp_path / "gpu.json"
+    res = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert "no CUDA GPU" in data["skipped"]["everything"] and "skipped everything" in res.stdout

@@ -1,0 +1,199 @@
+"""One command for a machine with a CUDA GPU: the `gpu`-marked tests, a short training-step
+benchmark (ce, frskd, ama; bf16; channels_last; images/s and the ratio to ce), torch CUDA
+inference latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers
+and TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
+
+    python benchmarks/gpu_check.py --out gpu_check.json
+
+Needs only torch, torchvision, numpy and the project's pure-Python dependencies; every other
+back end is optional. On a machine without a GPU it says so and still writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def gpu_tests() -> dict:
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
+        cwd=REPO, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    tail = res.stdout.strip().splitlines()[-1:] if res.stdout.strip() else []
+    return {"exit_code": res.returncode, "summary": tail[0] if tail else res.stderr[-500:]}
+
+
+def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
+    """bf16, channels_last training steps of one method on random CIFAR-sized batches."""
+    import torch
+
+    from pipeline.config import DistillConfig
+    from pipeline.training.model import build_training_model
+
+    spec = {
+        "arch": "resnet18",
+        "stem": "cifar",
+        "width": width,
+        "num_classes": 100,
+        "method": method,
+    }
+    model, m = build_training_model(spec, DistillConfig(mix_warmup_epochs=0))
+    model = model.cuda().to(memory_format=torch.channels_last).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32, device="cuda").to(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (batch,), device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m.loss(model(x), y, epoch=1).total
+        loss.backward()
+        opt.step()
+
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - t0)
+
+
+def train_steps(width: float, batch: int, steps: int) -> dict:
+    out = {
+        m: {"images_per_s": _images_per_s(m, width, batch, steps)} for m in ("ce", "frskd", "ama")
+    }
+    for method in ("frskd", "ama"):
+        out[method]["step_time_vs_ce"] = out["ce"]["images_per_s"] / out[method]["images_per_s"]
+    return {"width": width, "batch": batch, "steps": steps, "precision": "bf16", "methods": out}
+
+
+def torch_inference(width: float) -> dict:
+    import torch
+
+    from pipeline.models import create_model
+
+    model = create_model("resnet18", num_classes=100, width=width).cuda().eval()
+    out = {}
+    for b in (1, 32):
+        x = torch.randn(b, 3, 32, 32, device="cuda")
+        with torch.inference_mode():
+            for _ in range(20):
+                model(x)
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                model(x)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        out[f"batch_{b}"] = {"p50_ms": 1000 * times[100], "images_per_s": b / (sum(times) / 200)}
+    return out
+
+
+def onnxruntime_gpu(width: float, tmp: Path) -> dict:
+    import numpy as np
+    import torch
+
+    from export.onnx import export_onnx
+    from pipeline.models import create_model
+    from serving.predictor import import_onnxruntime
+
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    wanted = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if not wanted:
+        return {
+            "skipped": f"onnxruntime has no GPU provider (available: {available}); pip install onnxruntime-gpu"
+        }
+    path = tmp / "r18.onnx"
+    export_onnx(
+        create_model("resnet18", num_classes=100, width=width).eval(),
+        torch.randn(2, 3, 32, 32),
+        path,
+        18,
+    )
+    out = {}
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for provider in wanted:
+        sess = ort.InferenceSession(str(path), providers=[provider, "CPUExecutionProvider"])
+        for _ in range(20):
+            sess.run(None, {sess.get_inputs()[0].name: x})
+        times = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            sess.run(None, {sess.get_inputs()[0].name: x})
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        out[provider] = {"batch_1_p50_ms": 1000 * times[100]}
+    return out
+
+
+def tensorrt_engine(tmp: Path) -> dict:
+    import torch
+
+    from export.onnx import export_onnx
+    from export.tensorrt import build_and_benchmark
+    from pipeline.models import create_model
+
+    path = tmp / "r18-trt.onnx"
+    export_onnx(
+        create_model("resnet18", num_classes=100).eval(), torch.randn(2, 3, 32, 32), path, 18
+    )
+    return build_and_benchmark(
+        path, tmp / "r18.fp32.engine", precision="fp32", batches=[1, 32], iters=200
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30)
+    args = p.parse_args()
+    import tempfile
+
+    import torch
+
+    result: dict = {"python": platform.python_version(), "torch": torch.__version__, "skipped": {}}
+    if not torch.cuda.is_available():
+        result["skipped"]["everything"] = (
+            "no CUDA GPU is visible (torch.cuda.is_available() is False)"
+        )
+    else:
+        result["gpu"] = torch.cuda.get_device_name(0)
+        checks = {
+            "gpu_tests": gpu_tests,
+            "train_steps": lambda: train_steps(args.width, args.batch, args.steps),
+            "torch_inference": lambda: torch_inference(args.width),
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checks["onnxruntime_gpu"] = lambda: onnxruntime_gpu(args.width, Path(tmp))
+            checks["tensorrt"] = lambda: tensorrt_engine(Path(tmp))
+            for name, fn in checks.items():
+                try:
+                    result[name] = fn()
+                    if isinstance(result[name], dict) and "skipped" in result[name]:
+                        result["skipped"][name] = result.pop(name)["skipped"]
+                except Exception as exc:  # noqa: BLE001 - recorded: the other checks still run
+                    result["skipped"][name] = f"{type(exc).__name__}: {exc}"
+    args.out.write_text(json.dumps(result, indent=2, default=str))
+    for name, why in result["skipped"].items():
+        print(f"skipped {name}: {why}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
