@@ -87,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arg(p: argparse.ArgumentParser) -> None:
+def _add_model_arg(p: argparse.ArgumentParser, default: str | None = "onnx") -> None:
     p.add_argument("model", type=Path, help="a run folder, its export folder, or an .onnx file")
     p.add_argument(
         "--artefact",
-        default="onnx",
-        help="which exported model of a run: onnx (default), onnx_int8 or onnx_fp16",
+        default=default,
+        help="which exported model of a run: onnx, onnx_int8 or onnx_fp16 "
+        + (f"(default {default})" if default else "(default: the one matching --precision)"),
     )
 
 
@@ -148,7 +149,7 @@ def _add_triton_and_tensorrt(sub) -> None:
     triton.add_argument("--no-warmup", action="store_true", help="skip the load-time warm-up")
 
     trt = sub.add_parser("tensorrt", help="build a TensorRT engine and benchmark it (CUDA GPU)")
-    _add_model_arg(trt)
+    _add_model_arg(trt, default=None)
     trt.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
     trt.add_argument("--batch", type=int, nargs="+", default=[1, 32], help="batch sizes to time")
     trt.add_argument("--engine", type=Path, default=None, help="engine file to write")
@@ -293,9 +294,15 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 def _cmd_tensorrt(args: argparse.Namespace) -> int:
     from export.tensorrt import build_and_benchmark
     from serving.artefacts import resolve_onnx
+    from serving.predictor import require_tensorrt
 
+    require_tensorrt()  # no GPU or no TensorRT: say so (exit 7) before anything else
+    # A strongly typed engine runs in its graph's precision: pick the matching artefact.
+    artefact = (
+        args.artefact or {"fp32": "onnx", "fp16": "onnx_fp16", "int8": "onnx_int8"}[args.precision]
+    )
     res = build_and_benchmark(
-        resolve_onnx(args.model, args.artefact),
+        resolve_onnx(args.model, artefact),
         args.engine,
         precision=args.precision,
         batches=args.batch,
