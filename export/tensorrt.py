@@ -35,6 +35,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _check_int8_qdq(onnx_path: Path) -> None:
+    """The builder's Q/DQ check: explicit quantization with int8 zero points of 0 only."""
     import onnx
     from onnx import numpy_helper
 
@@ -42,8 +43,8 @@ def _check_int8_qdq(onnx_path: Path) -> None:
     qnodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qnodes:
         raise ConfigError(
-            f"{onnx_path.name} has no Q/DQ nodes: TensorRT 10 builds INT8 engines from explicitly "
-            "quantized ONNX only; pass a symmetric INT8 QDQ model"
+            f"{onnx_path.name} has no Q/DQ nodes: TensorRT builds INT8 engines from explicitly "
+            "quantized ONNX only (no calibrator in TensorRT 11); pass a symmetric INT8 QDQ model"
         )
     inits = {i.name: i for i in model.graph.initializer}
     for n in qnodes:
@@ -53,7 +54,7 @@ def _check_int8_qdq(onnx_path: Path) -> None:
                 raise ConfigError(
                     f"{onnx_path.name}: node {n.name or n.op_type} has a {zp.dtype} zero point "
                     f"{zp.ravel()[:4]}; TensorRT accepts symmetric INT8 only (int8, zero point 0). "
-                    "Quantize with activation_type=QInt8 and ActivationSymmetric=True"
+                    "Export with export.int8.activations=symmetric and export.int8.bias=float"
                 )
 
 
