@@ -242,6 +242,21 @@ class Int8Config(Strict):
     exclude_nodes: list[str] = Field([], description="node names kept in float")
 
 
+class EngineConfig(Strict):
+    """TensorRT engines (`tensorrt_*` formats): one optimisation profile over the batch axis."""
+
+    min_batch: int = Field(1, ge=1)
+    opt_batch: int = Field(64, ge=1, description="the batch TensorRT tunes for")
+    max_batch: int = Field(64, ge=1)
+    workspace_gib: float = Field(2.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> EngineConfig:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("min_batch <= opt_batch <= max_batch")
+        return self
+
+
 class ExportConfig(Strict):
     opset: int = Field(18, ge=13, le=23)
     atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
@@ -254,6 +269,10 @@ class ExportConfig(Strict):
         256, ge=8, description="train images (eval transform) for INT8, never test images"
     )
     int8: Int8Config = Int8Config()
+    engine: EngineConfig = EngineConfig()
+    require_gpu: bool = Field(
+        False, description="fail, not skip, tensorrt_* formats on a machine without GPU/TensorRT"
+    )
     model_version: int = Field(
         1, ge=1, description="the ONNX model_version and the model card's version"
     )

@@ -201,12 +201,17 @@ def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
 def _export(r: dict[str, Any]) -> Section | None:
     if not r["export"]:
         return None
+    made = {k: e for k, e in r["export"].items() if isinstance(e, dict) and "parity" in e}
     rows = [[name, f"{e['parity']['max_abs_diff']:.3g}", f.pct(e["parity"]["top1_agreement"]),
-             f.count(e["parity"]["samples"])] for name, e in r["export"].items()]  # fmt: skip
-    return Section("Export parity", [
+             f.count(e["parity"]["samples"])] for name, e in made.items()]  # fmt: skip
+    blocks: list = [
         "Each exported model against the torch classifier on the same test images.",
         Table(["artefact", "max abs logit diff", "top-1 agreement", "images"], rows),
-    ])  # fmt: skip
+    ]
+    skipped = r["export"].get("skipped", {})
+    if skipped:
+        blocks.append(Table(["format", "skipped because"], [[k, v] for k, v in skipped.items()]))
+    return Section("Export parity", blocks)
 
 
 def _environment(r: dict[str, Any]) -> Section:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.artifacts import Manifest, StageContext, StageResult
-from pipeline.errors import ExportParityError, PipelineError, StageError
+from pipeline.errors import ExportParityError, GpuUnavailable, PipelineError, StageError
 from pipeline.gates import at_least, at_most, show
 
 log = logging.getLogger("pipeline.export")
@@ -48,6 +48,43 @@ def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, e) -> 
         ) from exc
 
 
+def _reuse_timing_cache(ctx: StageContext, out_dir: Path) -> None:
+    """The TensorRT timing cache of the previous export of this run, so rebuilt engines reuse
+    the tactic timings already measured (the cache lives in the stage's own folder)."""
+    import shutil
+
+    from pipeline.artifacts import find_stage
+
+    previous = find_stage(ctx.run_dir, "export")
+    if previous is not None and previous.path("timing.cache").is_file():
+        shutil.copyfile(previous.path("timing.cache"), out_dir / "timing.cache")
+
+
+def parity_of(made: Path, model, images) -> dict:
+    """Parity against torch through the artefact's own runtime (ONNX Runtime or TensorRT)."""
+    from export.onnx import ort_parity
+
+    if made.suffix != ".engine":
+        return ort_parity(made, model, images)
+    import torch
+
+    from serving.predictor import TrtPredictor
+
+    engine = TrtPredictor(made)
+    diffs, agree = [], 0
+    with torch.inference_mode():
+        for start in range(0, len(images), 64):
+            x = images[start : start + 64]
+            ref, got = model(x).numpy(), engine.run(x.numpy())
+            diffs.append(float(np.abs(ref - got).max()))
+            agree += int((ref.argmax(1) == got.argmax(1)).sum())
+    return {
+        "max_abs_diff": max(diffs),
+        "top1_agreement": agree / len(images),
+        "samples": len(images),
+    }
+
+
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
     from export.model_card import model_card
     from export.onnx import add_metadata, describe, export_onnx, onnx_metadata, ort_parity
@@ -81,15 +118,28 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     (out_dir / "classes.json").write_text(json.dumps(spec["classes"]))
     metrics = {"onnx": {"parity": parity, "opset": e.opset, "bytes": path.stat().st_size}}
     artefacts = {"onnx": "model.onnx"}
+    skipped: dict[str, str] = {}
+    _reuse_timing_cache(ctx, out_dir)
     for fmt in e.formats:
         variant = VARIANTS[fmt]
-        made = _build_variant(variant, path, out_dir, ctx, e)
+        try:
+            made = _build_variant(variant, path, out_dir, ctx, e)
+        except GpuUnavailable as exc:
+            if e.require_gpu or not variant.gpu:
+                raise
+            skipped[fmt] = str(exc)
+            log.warning("%s skipped: %s", fmt, exc)
+            continue
         artefacts[fmt] = made.name
         # Reduced precision is judged on accuracy by the validate gates; this records how far it moved.
-        metrics[fmt] = {"parity": ort_parity(made, model, images), "bytes": made.stat().st_size}
+        metrics[fmt] = {"parity": parity_of(made, model, images), "bytes": made.stat().st_size}
+        if variant.gpu:
+            metrics[fmt]["engine"] = json.loads(made.with_suffix(".json").read_text())
         log.info(
             "%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"]
         )
+    if skipped:
+        metrics["skipped"] = skipped
     train = inputs["train"]
     card = model_card(
         spec, run=cfg.name, version=e.model_version, data={**train.data, "name": cfg.data.name},

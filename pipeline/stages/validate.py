@@ -188,11 +188,12 @@ def run(
     candidates = {"torch": ("torch eager fp32", prune.path("classifier.safetensors"), torch_with)}
     for name, rel in export.extra["artefacts"].items():
         path = export.path(rel)
-        candidates[name] = (
-            backend_name(name),
-            path,
-            lambda t, path=path: OrtPredictor(path, threads=t).run,
-        )
+        if path.suffix == ".engine":  # TensorRT: `t` (CPU threads) does not apply
+            candidates[name] = (backend_name(name), path, lambda t, path=path: _engine(path))
+        else:
+            candidates[name] = (
+                backend_name(name), path, lambda t, path=path: OrtPredictor(path, threads=t).run
+            )  # fmt: skip
     artefacts: dict[str, dict] = {}
     preds: dict[str, np.ndarray] = {"labels": ys}
     for name, (backend, path, make) in candidates.items():
@@ -229,6 +230,12 @@ def run(
             result=StageResult(metrics=metrics),
         )
     return StageResult(metrics=metrics)
+
+
+def _engine(path: Path):
+    from serving.predictor import TrtPredictor
+
+    return TrtPredictor(path).run
 
 
 def timing_method(cfg: PipelineConfig) -> str:
