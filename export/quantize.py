@@ -35,45 +35,45 @@ class _Batches:
 
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) -> Path:
-    """Static INT8 QDQ model of `src`. `recipe` is an `export.int8` config (calibration method,
-    percentile, per-channel weights, symmetric or asymmetric activations, what stays in
-    float); None takes its defaults. Weights are always symmetric int8."""
+    """Static INT8 QDQ model of `src`. `recipe` has the fields of the `export.int8` config
+    (calibration, percentile, per_channel, activations, bias, exclude_op_types, exclude_nodes);
+    None, or a missing field, takes that config's defaults. Weights are always symmetric int8."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if recipe is None:
-        from pipeline.config import Int8Config
+    def opt(name: str, default):
+        return getattr(recipe, name, default) if recipe is not None else default
 
-        recipe = Int8Config()
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
-    }[recipe.calibration]
-    symmetric = recipe.activations == "symmetric"
+    }[opt("calibration", "minmax")]
+    symmetric = opt("activations", "asymmetric") == "symmetric"
+    exclude_types, exclude_nodes = opt("exclude_op_types", []), opt("exclude_nodes", [])
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         graph = onnx.load(str(pre), load_external_data=False).graph
-        op_types = sorted({n.op_type for n in graph.node} - set(recipe.exclude_op_types))
+        op_types = sorted({n.op_type for n in graph.node} - set(exclude_types))
         quantize_static(
             str(pre),
             str(dst),
             _Batches(input_name, calibration, batch=32),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types if recipe.exclude_op_types else None,
-            nodes_to_exclude=list(recipe.exclude_nodes) or None,
-            per_channel=recipe.per_channel,
+            op_types_to_quantize=op_types if exclude_types else None,
+            nodes_to_exclude=list(exclude_nodes) or None,
+            per_channel=opt("per_channel", True),
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=method,
             extra_options={
                 "ActivationSymmetric": symmetric,
                 "WeightSymmetric": True,
-                "CalibPercentile": recipe.percentile,
-                "QuantizeBias": recipe.bias == "int32",
+                "CalibPercentile": opt("percentile", 99.999),
+                "QuantizeBias": opt("bias", "int32") == "int32",
             },
         )
     return dst
