@@ -87,18 +87,14 @@ def onnx_metadata(spec: dict[str, Any], source_key: str) -> dict[str, Any]:
     }
 
 
-def ort_parity(
-    onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128
-) -> dict:
-    from serving.predictor import OrtPredictor
-
-    pred = OrtPredictor(onnx_path)
+def parity(run, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128) -> dict:
+    """An exported model's logits (`run`: numpy batch -> numpy logits) against torch's."""
     diffs, agree = [], 0
     with torch.inference_mode():
         for start in range(0, len(images), chunk):
             x = images[start : start + chunk]
             ref = model(x).numpy()
-            got = pred.run(x.numpy())
+            got = run(x.numpy())
             diffs.append(float(np.abs(ref - got).max()))
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
     return {
@@ -106,3 +102,11 @@ def ort_parity(
         "top1_agreement": agree / len(images),
         "samples": len(images),
     }
+
+
+def ort_parity(
+    onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128
+) -> dict:
+    from serving.predictor import OrtPredictor
+
+    return parity(OrtPredictor(onnx_path).run, model, images, chunk)

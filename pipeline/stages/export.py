@@ -62,27 +62,13 @@ def _reuse_timing_cache(ctx: StageContext, out_dir: Path) -> None:
 
 def parity_of(made: Path, model, images) -> dict:
     """Parity against torch through the artefact's own runtime (ONNX Runtime or TensorRT)."""
-    from export.onnx import ort_parity
+    from export.onnx import ort_parity, parity
 
     if made.suffix != ".engine":
         return ort_parity(made, model, images)
-    import torch
-
     from serving.predictor import TrtPredictor
 
-    engine = TrtPredictor(made)
-    diffs, agree = [], 0
-    with torch.inference_mode():
-        for start in range(0, len(images), 64):
-            x = images[start : start + 64]
-            ref, got = model(x).numpy(), engine.run(x.numpy())
-            diffs.append(float(np.abs(ref - got).max()))
-            agree += int((ref.argmax(1) == got.argmax(1)).sum())
-    return {
-        "max_abs_diff": max(diffs),
-        "top1_agreement": agree / len(images),
-        "samples": len(images),
-    }
+    return parity(TrtPredictor(made).run, model, images, chunk=64)
 
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
