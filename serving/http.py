@@ -53,8 +53,10 @@ def create_app(
 
     from fastapi import FastAPI
 
-    s = (settings or ServeSettings()).model_copy(update=overrides)
-    ServeSettings.model_validate(s.model_dump())  # the overrides are checked too
+    from serving.settings import load_settings
+
+    # Checked like the command line's settings: a bad value is a ConfigError naming it.
+    s = load_settings(None, {**(settings or ServeSettings()).model_dump(), **overrides})
     path = Path(model)
     state = ServerState(path, s, Metrics.create())
     name = s.model_name or _default_name(path)

@@ -165,7 +165,12 @@ def test_overload_answers_503_with_retry_after_and_nothing_else(tiny_model, monk
 
     monkeypatch.setattr(OrtPredictor, "run", slow)
     with live_server(
-        tiny_model, model_name="tiny", max_batch_size=1, max_queue=2, request_timeout_s=5
+        tiny_model,
+        model_name="tiny",
+        max_batch_size=1,
+        max_queue=2,
+        max_images=1,
+        request_timeout_s=5,
     ) as url:
         body = {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
                             "data": _x(1).ravel().tolist()}]}  # fmt: skip
