@@ -129,7 +129,8 @@ def _run_stages(
             continue
         if name in forced:
             _discard_partial(folder)  # --force/--from mean "from scratch", not "resume"
-        manifests[name] = _run_stage(name, key, inputs, folder, ctx, data_fp)
+        with storage_errors(run_dir, kept="finished stages and checkpoints are kept"):
+            manifests[name] = _run_stage(name, key, inputs, folder, ctx, data_fp)
 
 
 def _existing(folder: Path, name: str, rebuild: bool) -> Manifest | None:
@@ -212,18 +213,6 @@ def _work_folder(folder: Path, key: str) -> Path:
 
 
 def _run_stage(
-    stage: str,
-    key: str,
-    inputs: dict[str, Manifest],
-    folder: Path,
-    ctx: StageContext,
-    data_fp: str,
-) -> Manifest:
-    with storage_errors(folder.parent, kept="finished stages and checkpoints are kept"):
-        return _run_stage_in(stage, key, inputs, folder, ctx, data_fp)
-
-
-def _run_stage_in(
     stage: str,
     key: str,
     inputs: dict[str, Manifest],
