@@ -81,7 +81,7 @@ def test_no_module_imports_upward_or_sideways() -> None:
 
 
 def test_stage_folders_are_named_only_by_the_stage_table() -> None:
-    """No code outside the stage table spells a stage folder such as `03_export`."""
+    """No code outside the stage table spells a stage folder such as `04_export`."""
     import re
 
     pattern = re.compile(r"['\"/]0\d_(train|prune|export|validate)\b")

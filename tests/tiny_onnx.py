@@ -49,7 +49,7 @@ def tiny_onnx(path: Path, *, batch: int | str = "N", classes=CLASSES) -> Path:
 
 def fake_run(tmp_path: Path, model: Path) -> Path:
     """A run folder whose export stage holds `model` as its `onnx` artefact."""
-    export = tmp_path / "run" / "03_export"
+    export = tmp_path / "run" / "04_export"
     export.mkdir(parents=True)
     (export / "model.onnx").write_bytes(model.read_bytes())
     m = Manifest(stage="export", key="k", status="complete")

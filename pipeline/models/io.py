@@ -9,6 +9,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.models.channels import apply_shapes
 from pipeline.models.registry import create_model
 
 
@@ -25,15 +26,34 @@ def read_spec(folder: Path, stem_name: str) -> dict[str, Any]:
     return json.loads((folder / f"{stem_name}.json").read_text())
 
 
-def build_backbone(spec: dict[str, Any], *, feature_taps: bool = False) -> nn.Module:
-    """The classifier a spec describes; `feature_taps` adds the layers a self-teacher reads."""
-    return create_model(
+def build_backbone(
+    spec: dict[str, Any], *, feature_taps: bool = False, shaped: bool = True
+) -> nn.Module:
+    """The classifier a spec describes; `feature_taps` adds the layers a self-teacher reads.
+
+    A channel-pruned classifier's spec carries its layer widths (`shapes`, `stage_channels`):
+    they are applied unless `shaped` is False (the training wrapper applies them itself, after
+    its auxiliary branch is built at the unpruned widths).
+    """
+    model = create_model(
         spec["arch"],
         num_classes=spec["num_classes"],
         stem=spec["stem"],
         width=spec["width"],
         feature_taps=feature_taps,
     )
+    if shaped:
+        apply_widths(model, spec)
+    return model
+
+
+def apply_widths(model: nn.Module, spec: dict[str, Any], prefix: str = "") -> nn.Module:
+    """The layer widths a pruned model's spec records, applied to `model` (a no-op otherwise)."""
+    if spec.get("shapes"):
+        apply_shapes(model, spec["shapes"])
+        target = model.get_submodule(prefix.rstrip(".")) if prefix else model
+        target.stage_channels = list(spec["stage_channels"])
+    return model
 
 
 def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:

@@ -49,7 +49,7 @@ def write_report(run_dir: Path, cfg: PipelineConfig) -> dict:
     from pipeline.report.document import to_html, to_markdown
 
     run_dir = Path(run_dir)
-    found = {s: find_stage(run_dir, s) for s in ("train", "prune", "export")}
+    found = {s: find_stage(run_dir, s) for s in ("train", "slim", "prune", "export")}
     val = find_stage(run_dir, "validate", statuses=("complete", "gate_failed"))
     missing = [s for s in ("prune", "export") if found[s] is None] + ([] if val else ["validate"])
     if missing:
@@ -58,7 +58,7 @@ def write_report(run_dir: Path, cfg: PipelineConfig) -> dict:
             "run the pipeline through validation first"
         )
     train, prune = found["train"], found["prune"]
-    report = build_report(cfg, train, prune, found["export"], val)
+    report = build_report(cfg, train, prune, found["export"], val, found["slim"])
     figures = figure_paths(_figures(run_dir, train, prune, val, report), run_dir)
     report["figures"] = figures
     doc = build_document(report, figures)

@@ -13,7 +13,12 @@ from pipeline.report.document import Document, Figure, Section, Table
 
 
 def build_report(
-    cfg: PipelineConfig, train: Manifest | None, prune: Manifest, export: Manifest, val: Manifest
+    cfg: PipelineConfig,
+    train: Manifest | None,
+    prune: Manifest,
+    export: Manifest,
+    val: Manifest,
+    slim: Manifest | None = None,
 ) -> dict[str, Any]:
     """Everything the report shows, from the stages' manifests."""
     v = val.metrics
@@ -23,7 +28,7 @@ def build_report(
         "run": cfg.name,
         "run_dir": str(prune.folder.parent),
         "passed": all(g["passed"] for g in v["gates"]),
-        "consistent": _consistent(train, prune, export, val),
+        "consistent": _consistent(train, slim, prune, export, val),
         "data": (train.data if train else {})
         | {"name": made.get("data", {}).get("name", cfg.data.name)},
         "model": {
@@ -39,17 +44,19 @@ def build_report(
         "timing": v.get("timing", ""),
         "environment": val.environment,
         "training": train.metrics if train else {},
+        "slim": slim.metrics if slim else {},
         "prune": prune.metrics,
         "export": export.metrics,
-        "stage_keys": {m.stage: m.key for m in (train, prune, export, val) if m},
+        "stage_keys": {m.stage: m.key for m in (train, slim, prune, export, val) if m},
     }
 
 
-def _consistent(train, prune, export, val) -> bool:
+def _consistent(train, slim, prune, export, val) -> bool:
     """Whether every stage was built from the one before it as found on disk (a stage re-run
     alone with other settings leaves the later ones describing an older model)."""
     links = [
-        (prune.inputs.get("train"), train.key if train else prune.inputs.get("train")),
+        (prune.inputs.get("slim"), slim.key if slim else prune.inputs.get("slim")),
+        ((slim.inputs.get("train") if slim else None), train.key if train and slim else None),
         (export.inputs.get("prune"), prune.key),
         (val.inputs.get("prune"), prune.key),
         (val.inputs.get("export"), export.key),
@@ -198,6 +205,40 @@ def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
     return Section("Removing the self-teacher", blocks)
 
 
+def _compression(r: dict[str, Any]) -> Section | None:
+    sl = r.get("slim") or {}
+    if not sl.get("slimmed"):
+        return None
+    c, rec, pr = sl["compression"], sl.get("recovery") or {}, sl["pruning"]
+    ref = c["unpruned"]["fp32"]["latency_ms"]["p50"]
+    rows = []
+    for who, label in (("unpruned", "unpruned"), ("slim", "slim")):
+        m = c[who]
+        for prec in ("fp32", "int8"):
+            a = m[prec]
+            rows.append([
+                f"{label} {prec.upper()}", f.count(m["params"]), f.count(m["macs"]),
+                f.size(a["onnx_bytes"]), f.pct(a["top1"]), f.ms(a["latency_ms"]["p50"]),
+                f"{f.per_s(a['throughput']['images_per_s'])} (batch {a['throughput']['batch']})",
+                f.speedup(ref, a["latency_ms"]["p50"]),
+            ])  # fmt: skip
+    header = ["classifier", "parameters", "MACs / image", "ONNX size", "top-1", "p50 ms (batch 1)",
+              "images/s", "speed-up vs unpruned FP32"]  # fmt: skip
+    recovered = (
+        f"recovered by `{sl['recovery_method']}` fine-tuning for {rec['epochs']} epochs "
+        f"({rec['train_s']:.0f} s)"
+        if rec
+        else "not fine-tuned (slim.epochs 0)"
+    )
+    text = (
+        f"Channel pruning removed {pr['ratio']:.0%} of the prunable channels "
+        f"({f.count(pr['before']['params'])} -> {f.count(pr['after']['params'])} parameters), "
+        f"{recovered}. Both classifiers were exported to ONNX (FP32, and INT8 with the default "
+        "recipe) and measured side by side in the slim stage with ONNX Runtime on the test split."
+    )
+    return Section("Compression", [text, Table(header, rows)])
+
+
 def _export(r: dict[str, Any]) -> Section | None:
     if not r["export"]:
         return None
@@ -233,6 +274,7 @@ def build_document(r: dict[str, Any], figures: dict[str, str]) -> Document:
         _sweep(r, figures),
         _classes(r, figures),
         _training(r, figures),
+        _compression(r),
         _prune(r, figures),
         _export(r),
         _environment(r),

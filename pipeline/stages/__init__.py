@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.artifacts import Manifest, StageContext, StageResult
-from pipeline.stages import export, prune, train, validate
+from pipeline.stages import export, prune, slim, train, validate
 
 StageFn = Callable[[object, Mapping[str, Manifest], Path, StageContext], StageResult]
 
@@ -31,8 +31,9 @@ class Stage:
 
 TABLE: tuple[Stage, ...] = (
     Stage("train", train.run, inputs=(), config=("data", "model", "train")),
-    Stage("prune", prune.run, inputs=("train",), config=("prune",)),
-    Stage("export", export.run, inputs=("train", "prune"), config=("export",)),
+    Stage("slim", slim.run, inputs=("train",), config=("slim",)),
+    Stage("prune", prune.run, inputs=("slim",), config=("prune",)),
+    Stage("export", export.run, inputs=("train", "slim", "prune"), config=("export",)),
     Stage("validate", validate.run, inputs=("prune", "export"), config=("validate",)),
 )
 STAGES: dict[str, Stage] = {s.name: s for s in TABLE}

@@ -96,16 +96,20 @@ def attention_figures(wrapper, images: torch.Tensor, spec: dict, distill, out_di
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
     from pipeline.models import count_macs, count_parameters, torch_latency
+    from pipeline.models.channels import layer_shapes
     from pipeline.models.io import build_backbone, load_weights, read_spec, save_model
     from pipeline.training.model import build_training_model
 
-    train_dir = inputs["train"].folder
-    spec = read_spec(train_dir, "model")
+    model_dir = inputs["slim"].folder  # the trained model, channel-pruned or passed through
+    spec = read_spec(model_dir, "model")
     wrapper, _ = build_training_model(spec, cfg.train.distill)
-    load_weights(wrapper, train_dir, "model")
+    load_weights(wrapper, model_dir, "model")
     deploy_spec = {k: v for k, v in spec.items() if k != "feature_taps"}
     deploy_spec["aux_removed"] = wrapper.aux is not None
-    save_model(wrapper.deployable(), deploy_spec, out_dir, "classifier")
+    classifier = wrapper.deployable()
+    if "shapes" in spec:  # the pruned classifier's own widths, without the self-teacher's
+        deploy_spec["shapes"] = layer_shapes(classifier)
+    save_model(classifier, deploy_spec, out_dir, "classifier")
     deployed = load_weights(build_backbone(deploy_spec), out_dir, "classifier")
 
     images = ctx.data.test.stack(cfg.prune.parity_samples)

@@ -23,7 +23,7 @@ from pipeline.config import PipelineConfig, TrainConfig
 from pipeline.data import DataBundle
 from pipeline.errors import StageError
 from pipeline.models import count_parameters
-from pipeline.models.io import save_model
+from pipeline.models.io import load_weights, read_spec, save_model
 from pipeline.training import accel
 from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
@@ -90,7 +90,23 @@ def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
     return [r for r in read_jsonl(path) if r["epoch"] <= completed_epochs]
 
 
-def _build(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> Trainer:
+def start_spec(cfg: PipelineConfig, bundle: DataBundle, start: Path | None) -> dict:
+    """What to build: the config's model, or the model saved in `start` (a pruned network
+    to fine-tune), whose method must be the one training it now."""
+    if start is None:
+        return model_spec(cfg, bundle)
+    spec = read_spec(start, "model")
+    if spec["method"] != cfg.train.method or spec["num_classes"] != bundle.num_classes:
+        raise StageError(
+            f"the model in {start} is a {spec['method']!r} model with {spec['num_classes']} "
+            f"classes; this training is {cfg.train.method!r} with {bundle.num_classes}"
+        )
+    return spec
+
+
+def _build(
+    cfg: PipelineConfig, bundle: DataBundle, work: Path, spec: dict, start: Path | None
+) -> Trainer:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
@@ -100,8 +116,12 @@ def _build(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> Trainer:
     set_seed(t.seed)
     accel.start_tracking(acc, cfg)
     plan = accel.batch_plan(t, acc.num_processes)
-    model, method = build_training_model(model_spec(cfg, bundle), t.distill, t.epochs)
-    channels_last = accel.use_channels_last(t, acc.device, min(model.backbone.stage_channels))
+    model, method = build_training_model(spec, t.distill, t.epochs)
+    if start is not None:
+        load_weights(model, start, "model")
+        model.train()
+    narrowest = min(m.out_channels for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
+    channels_last = accel.use_channels_last(t, acc.device, narrowest)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loaders = accel.loaders(bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda")
@@ -222,32 +242,35 @@ def _rank_hashes(tr: Trainer) -> list[str]:
     return hashes
 
 
-def _finish(
-    tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: Path, metrics: dict
-) -> None:
+def _finish(tr: Trainer, spec: dict, work: Path, metrics: dict) -> None:
     """Rank 0 writes the model, and its metrics where a launching parent reads them."""
     if not tr.accelerator.is_main_process:
         return
     unwrapped = tr.accelerator.unwrap_model(tr.model)
     _write_outputs_guarded(
         work / "model.safetensors",
-        lambda: save_model(unwrapped, model_spec(cfg, bundle), work, "model"),
+        lambda: save_model(unwrapped, spec, work, "model"),
     )
     result = work / RESULT_FILE
     _write_outputs_guarded(result, lambda: write_json_atomic(result, metrics))
 
 
-def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path) -> dict:
-    """Train (or resume) in `work`; every rank calls this. Returns the run's metrics."""
+def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None = None) -> dict:
+    """Train (or resume) in `work`; every rank calls this. Returns the run's metrics.
+
+    `start`: a folder with a saved training model (`model.safetensors` + `model.json`) to
+    fine-tune instead of training the config's model from scratch (the slim stage's recovery).
+    """
     t_start = time.perf_counter()
-    tr = _build(cfg, bundle, work)
+    spec = start_spec(cfg, bundle, start)
+    tr = _build(cfg, bundle, work, spec, start)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
         history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")
         test = evaluate(tr.model, tr.loaders[2], tr.accelerator, tr.channels_last)
     metrics = _summary(tr, cfg, history, test, t_start)
     metrics["weights_sha256_per_rank"] = _rank_hashes(tr)
-    _finish(tr, cfg, bundle, work, metrics)
+    _finish(tr, spec, work, metrics)
     tr.accelerator.wait_for_everyone()
     tr.accelerator.end_training()
     return metrics

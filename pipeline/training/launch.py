@@ -25,11 +25,14 @@ log = logging.getLogger("pipeline.train")
 LAUNCH_CONFIG = "checkpoints/launch.yaml"
 
 
-def launch_command(processes: int, work: Path, config: Path) -> list[str]:
+def launch_command(
+    processes: int, work: Path, config: Path, start: Path | None = None
+) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",
         "--standalone", f"--nproc_per_node={processes}",
         "-m", "pipeline.training.worker", "--config", str(config), "--work", str(work),
+        *(["--start", str(start)] if start is not None else []),
     ]  # fmt: skip
 
 
@@ -55,12 +58,13 @@ def _raise_worker_error(work: Path) -> None:
         raise cls(err.get("message", ""))
 
 
-def run_launched(cfg: PipelineConfig, work: Path) -> dict:
-    """Train with `cfg.train.processes` processes; return the metrics rank 0 recorded."""
+def run_launched(cfg: PipelineConfig, work: Path, start: Path | None = None) -> dict:
+    """Train with `cfg.train.processes` processes (from the model in `start`, if given);
+    return the metrics rank 0 recorded."""
     config = work / LAUNCH_CONFIG
     config.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config, dump_config(cfg))
-    cmd = launch_command(cfg.train.processes, work, config)
+    cmd = launch_command(cfg.train.processes, work, config, start)
     log.info("launching %d training processes: %s", cfg.train.processes, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=_child_env())
     try:

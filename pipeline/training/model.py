@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline.distill import Method, create_method
 from pipeline.models import SelfDistillModel
-from pipeline.models.io import build_backbone
+from pipeline.models.io import apply_widths, build_backbone
 
 
 def resolve_stem(model_cfg, preset) -> str:
@@ -47,5 +47,8 @@ def build_training_model(
         num_classes=spec["num_classes"],
         epochs=epochs,
     )
-    backbone = build_backbone(spec, feature_taps=spec.get("feature_taps", method.needs_features))
-    return SelfDistillModel(backbone, method.build_aux(backbone)), method
+    feature_taps = spec.get("feature_taps", method.needs_features)
+    backbone = build_backbone(spec, feature_taps=feature_taps, shaped=False)
+    # the self-teacher is built at the unpruned widths; a pruned spec then resizes both parts
+    wrapper = SelfDistillModel(backbone, method.build_aux(backbone))
+    return apply_widths(wrapper, spec, prefix="backbone."), method

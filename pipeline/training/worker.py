@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--start", type=Path, default=None, help="a saved model to fine-tune")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
-        fit(cfg, build_data(cfg.data), args.work)
+        fit(cfg, build_data(cfg.data), args.work, args.start)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         if int(os.environ.get("RANK", "0")) == 0:  # the launching parent re-raises it

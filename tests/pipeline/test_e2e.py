@@ -26,7 +26,7 @@ def finished(tmp_path_factory):
 
 def test_every_stage_writes_a_complete_manifest(finished):
     cfg, manifests = finished
-    assert list(manifests) == ["train", "prune", "export", "validate"]
+    assert list(manifests) == ["train", "slim", "prune", "export", "validate"]
     for stage, m in manifests.items():
         assert m.complete, stage
         on_disk = json.loads((m.folder / "manifest.json").read_text())
@@ -91,7 +91,7 @@ def test_only_and_from(tiny_overrides):
     cfg = load_config(None, tiny_overrides + ["train.epochs=1"])
     first = run_pipeline(cfg)
     only = run_pipeline(cfg, only="validate")
-    assert list(only) == ["train", "prune", "export", "validate"]
+    assert list(only) == ["train", "slim", "prune", "export", "validate"]
     assert only["export"].started == first["export"].started
     assert only["validate"].started == first["validate"].started  # up to date: skipped
     rerun = run_pipeline(cfg, from_stage="export")
@@ -121,7 +121,7 @@ def test_failed_gate_exits_3_and_keeps_everything(tiny_overrides, tmp_path, caps
     cfg = load_config(None, tiny_overrides)
     assert (cfg.run_path / "report.md").is_file()
     assert (cfg.run_path / "01_train" / "model.safetensors").is_file()
-    validate = json.loads((cfg.run_path / "04_validate" / "manifest.json").read_text())
+    validate = json.loads((cfg.run_path / "05_validate" / "manifest.json").read_text())
     assert validate["status"] == "gate_failed"
 
 
@@ -165,7 +165,7 @@ def test_ama_run_removes_self_teacher_and_reports_its_cost(tiny_overrides):
     report = (cfg.run_path / "report.md").read_text()
     figures = sorted((manifests["prune"].folder).glob("attention_stage*.png"))
     assert len(figures) == 2 and all(f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in figures)
-    assert "02_prune/attention_stage4.png" in report
+    assert "03_prune/attention_stage4.png" in report
 
 
 def test_force_trains_from_scratch_even_with_a_resumable_partial(tiny_overrides):

@@ -40,9 +40,9 @@ def with_audit(tmp_path_factory):
 
 def test_a_stage_added_to_the_table_runs_in_its_own_numbered_folder(with_audit) -> None:
     cfg, manifests = with_audit
-    assert list(manifests) == ["train", "prune", "export", "validate", "audit"]
+    assert list(manifests) == ["train", "slim", "prune", "export", "validate", "audit"]
     audit = manifests["audit"]
-    assert audit.folder == cfg.run_path / "05_audit" and audit.complete
+    assert audit.folder == cfg.run_path / "06_audit" and audit.complete
     assert audit.inputs == {"validate": manifests["validate"].key}
     assert set(audit.files) == {"audit.json"}
     assert find_stage(cfg.run_path, "audit").key == audit.key
@@ -72,7 +72,7 @@ def test_keys_follow_the_config_sections_the_table_names(tiny_cfg) -> None:
 
 
 def test_selection_errors_name_the_allowed_stages() -> None:
-    with pytest.raises(ConfigError, match="allowed: train, prune, export, validate"):
+    with pytest.raises(ConfigError, match="allowed: train, slim, prune, export, validate"):
         _selected("bogus", None)
     with pytest.raises(ConfigError, match="cannot be combined"):
         _selected("train", "export")

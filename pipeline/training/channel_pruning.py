@@ -1,0 +1,210 @@
+"""Structured channel pruning of the classifier through Torch-Pruning's dependency graph.
+
+The graph is traced through the whole training wrapper, so removing a channel from a stage of
+the classifier also removes the matching input channels of the self-teacher's laterals: the
+self-teacher stays attached and can teach the smaller network during recovery. The classifier's
+output layer and every layer of the self-teacher keep their own output widths.
+
+Targets (`slim`): a channel ratio (one step), or a MACs or measured latency budget (pruned in
+small steps of the ratio until the budget is met). Importance: weight magnitude (L1/L2),
+batch-norm scale or first-order Taylor; ranked per layer or globally; widths rounded to
+`round_to`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError, StageError
+from pipeline.models import count_macs, count_parameters
+
+log = logging.getLogger("pipeline.slim")
+
+
+def importance(kind: str):
+    import torch_pruning as tp
+
+    return {
+        "l1": lambda: tp.importance.MagnitudeImportance(p=1),
+        "l2": lambda: tp.importance.MagnitudeImportance(p=2),
+        "bn_scale": tp.importance.BNScaleImportance,
+        "taylor": tp.importance.TaylorImportance,
+    }[kind]()
+
+
+def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
+    """What keeps its output width: the classifier's head, the self-teacher, `slim.exclude`."""
+    backbone = wrapper.backbone
+    names = dict(backbone.named_modules())
+    ignored: list = [backbone.fc]
+    for name in exclude:
+        if name not in names or not name:
+            near = [n for n in names if n and isinstance(names[n], nn.Conv2d)][:8]
+            raise ConfigError(
+                f"slim.exclude names {name!r}, which is not a layer of the classifier; "
+                f"layer names look like: {', '.join(near)}"
+            )
+        ignored.append(names[name])
+    if wrapper.aux is not None:
+        ignored.append(wrapper.aux)
+        # the self-teacher's scalar fusion weights are not channels
+        ignored += [p for p in wrapper.aux.parameters() if p.dim() == 1 and p.numel() <= 4]
+    return ignored
+
+
+@contextlib.contextmanager
+def _layer_named(model: nn.Module, what: str):
+    """Name the layer that was running when a trace or a pruned forward failed, and the option
+    that leaves it out."""
+    current: list[str] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, args, n=n: current.append(n))
+        for n, m in model.named_modules()
+        if n and not list(m.children())
+    ]
+    try:
+        yield
+    except (ConfigError, StageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised with the layer named
+        if not current:
+            raise StageError(
+                f"channel pruning could not {what}: {type(exc).__name__}: {exc}"
+            ) from exc
+        name = current[-1]
+        short = name.removeprefix("backbone.")
+        hint = (
+            f"leave it out with `slim.exclude: [{short}]`"
+            if name.startswith("backbone.")
+            else "the self-teacher's layers are never pruned; exclude the classifier layer feeding "
+            "it with `slim.exclude`"
+        )
+        raise StageError(
+            f"channel pruning could not {what} at layer {name!r} "
+            f"({type(exc).__name__}: {exc}); {hint}"
+        ) from exc
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _taylor_gradients(wrapper: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+    wrapper.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        for x, y in batches:
+            out = wrapper(x)  # both heads, so every layer of a pruning group has a gradient
+            loss = nn.functional.cross_entropy(out.logits.float(), y)
+            if getattr(out, "aux_logits", None) is not None:
+                loss = loss + nn.functional.cross_entropy(out.aux_logits.float(), y)
+            loss.backward()
+
+
+def _output(out) -> torch.Tensor:
+    """A scalar the graph is traced from: every head of the wrapper's output."""
+    total = out.logits.sum()
+    if getattr(out, "aux_logits", None) is not None:
+        total = total + out.aux_logits.sum()
+    return total
+
+
+def prune_channels(
+    wrapper: nn.Module,
+    example: torch.Tensor,
+    slim,
+    *,
+    batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    latency_ms: Callable[[nn.Module], float] | None = None,
+) -> dict[str, Any]:
+    """Prune `wrapper` in place to the target in `slim`; returns what was done, step by step.
+
+    `batches`: train batches for Taylor importance. `latency_ms(classifier)`: the measured
+    batch-1 latency of a classifier, for a latency budget.
+    """
+    import torch_pruning as tp
+
+    wrapper.eval()
+    backbone = wrapper.backbone
+    one = example[:1]
+    before = {"params": count_parameters(backbone), "macs": count_macs(backbone, one)}
+    if slim.importance == "taylor" and not batches:
+        raise StageError("Taylor importance needs training batches for its gradients")
+    budget = slim.macs if slim.macs is not None else slim.latency_ms
+    target_ratio = slim.ratio if budget is None else slim.max_ratio
+    steps = 1 if budget is None else max(1, math.ceil(target_ratio / slim.step - 1e-9))
+
+    def measure() -> dict[str, float]:
+        row = {"params": count_parameters(backbone), "macs": count_macs(backbone, one)}
+        if slim.latency_ms is not None and latency_ms is not None:
+            row["latency_ms"] = latency_ms(backbone)
+        return row
+
+    history = [{"ratio": 0.0, **measure()}]
+    if budget is not None and _met(history[-1], slim):
+        log.info("the unpruned classifier already meets the budget; nothing pruned")
+        return {"before": before, "after": history[-1], "history": history, "ratio": 0.0}
+    with warnings.catch_warnings(), _layer_named(wrapper, "trace the network"):
+        warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
+        pruner = tp.pruner.MetaPruner(
+            wrapper, one, importance=importance(slim.importance),
+            global_pruning=slim.allocation == "global", pruning_ratio=target_ratio,
+            max_pruning_ratio=slim.max_layer_ratio, iterative_steps=steps,
+            ignored_layers=_ignored(wrapper, slim.exclude), round_to=slim.round_to,
+            output_transform=_output,
+        )  # fmt: skip
+    for i in range(1, steps + 1):
+        if slim.importance == "taylor":
+            _taylor_gradients(wrapper, batches)
+        with _layer_named(wrapper, "remove channels"):
+            pruner.step()
+        wrapper.zero_grad(set_to_none=True)
+        with torch.no_grad(), _layer_named(wrapper, "run the pruned network"):
+            wrapper(one)
+        history.append({"ratio": round(target_ratio * i / steps, 6), **measure()})
+        log.info("pruned to ratio %.3f: %s", history[-1]["ratio"], _fmt(history[-1]))
+        if budget is not None and _met(history[-1], slim):
+            break
+    else:
+        if budget is not None:
+            _unreachable(history, slim)
+    return {
+        "before": before,
+        "after": history[-1],
+        "history": history,
+        "ratio": history[-1]["ratio"],
+    }
+
+
+def _met(row: dict, slim) -> bool:
+    if slim.macs is not None:
+        return row["macs"] <= slim.macs
+    return row["latency_ms"] <= slim.latency_ms
+
+
+def _fmt(row: dict) -> str:
+    text = f"{row['params']:,} parameters, {row['macs'] / 1e6:.1f} M MACs"
+    if "latency_ms" in row:
+        text += f", {row['latency_ms']:.3f} ms"
+    return text
+
+
+def _unreachable(history: list[dict], slim) -> None:
+    key, unit, option = (
+        ("macs", "MACs", "slim.macs")
+        if slim.macs is not None
+        else ("latency_ms", "ms", "slim.latency_ms")
+    )
+    best = min(history, key=lambda r: r[key])
+    raise ConfigError(
+        f"{option}={getattr(slim, key if key == 'macs' else 'latency_ms')} {unit} cannot be "
+        f"reached: removing up to {slim.max_ratio:.0%} of the channels (slim.max_ratio, at most "
+        f"{slim.max_layer_ratio:.0%} of any layer) gets to {best[key]:.6g} {unit} at best "
+        f"(ratio {best['ratio']}); set the budget to at least that, or raise slim.max_ratio"
+    )

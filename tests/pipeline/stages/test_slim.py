@@ -1,0 +1,226 @@
+"""The slim stage: channel pruning through the dependency graph, the pruned architecture as data,
+targets and their errors, recovery through the training code, and the compression table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import DistillConfig, SlimConfig, load_config
+from pipeline.errors import ConfigError, StageError
+from pipeline.models import count_macs
+from pipeline.models.channels import layer_shapes
+from pipeline.models.io import save_model
+from pipeline.training.channel_pruning import _layer_named, prune_channels
+from pipeline.training.model import build_training_model
+
+
+def _wrapper(arch: str, method: str = "ama", width: float = 0.5):
+    spec = {"arch": arch, "stem": "cifar", "width": width, "num_classes": 10, "method": method}
+    torch.manual_seed(0)
+    wrapper, m = build_training_model({**spec, "feature_taps": method != "ce"}, DistillConfig())
+    return wrapper.eval(), {**spec, "feature_taps": method != "ce"}
+
+
+def _stage_widths(wrapper, x):
+    with torch.no_grad():
+        return [int(f.shape[1]) for f in wrapper.backbone.forward_features(x)]
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "resnet50", "wrn16_2"])
+def test_pruned_network_runs_is_smaller_and_rebuilds_from_its_spec(arch, tmp_path, one_thread):
+    wrapper, spec = _wrapper(arch, width=0.5 if arch != "wrn16_2" else 1.0)
+    x = torch.randn(2, 3, 32, 32)
+    macs_before = count_macs(wrapper.backbone, x[:1])
+    record = prune_channels(wrapper, x, SlimConfig(ratio=0.5, round_to=8))
+    widths = _stage_widths(wrapper, x)
+    assert record["after"]["macs"] < 0.5 * macs_before
+    assert count_macs(wrapper.backbone, x[:1]) == record["after"]["macs"]
+    # every pruned width is a multiple of round_to; the head still has 10 outputs
+    for name, m in wrapper.backbone.named_modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.out_channels % 8 == 0, (name, m.out_channels)
+    assert wrapper.backbone.fc.out_features == 10
+    # the self-teacher's laterals read the pruned stage widths; its own widths are kept
+    lat_in = [lat.conv.in_channels for lat in wrapper.aux.lateral]
+    assert lat_in == widths
+    out = wrapper(x)
+    assert out.aux_logits.shape == (2, 10)
+    # the architecture travels as data: rebuild from the spec, load strictly, same logits
+    wrapper.backbone.stage_channels = widths
+    pruned = {**spec, "shapes": layer_shapes(wrapper), "stage_channels": widths}
+    save_model(wrapper, pruned, tmp_path, "model")
+    again, _ = build_training_model(json.loads((tmp_path / "model.json").read_text()))
+    from safetensors.torch import load_file
+
+    again.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
+    again.eval()
+    with torch.no_grad():
+        assert torch.equal(again(x).logits, wrapper(x).logits)
+        assert torch.equal(again.deployable()(x), wrapper.deployable()(x))
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
+@pytest.mark.parametrize("allocation", ["layer", "global"])
+def test_every_importance_and_allocation_prunes(importance, allocation, one_thread):
+    wrapper, _ = _wrapper("resnet18", width=0.25)
+    with torch.no_grad():  # trained scales differ; freshly built ones are all 1 (a tie)
+        for m in wrapper.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.1, 1.0)
+    x = torch.randn(8, 3, 32, 32)
+    batches = [(x, torch.randint(0, 10, (8,)))]
+    cfg = SlimConfig(ratio=0.4, importance=importance, allocation=allocation, round_to=None)
+    record = prune_channels(wrapper, x, cfg, batches=batches)
+    assert record["after"]["params"] < record["before"]["params"]
+    assert torch.isfinite(wrapper(x).logits).all()
+
+
+def test_importance_decides_which_channels_go(one_thread):
+    """Magnitude importance keeps the largest filters: zero half of a layer's filters and the
+    pruned layer keeps exactly the other half."""
+    wrapper, _ = _wrapper("resnet18", method="ce", width=0.25)
+    conv = wrapper.backbone.stages[0][0].conv1  # an internal width, free of residual couplings
+    with torch.no_grad():
+        conv.weight[::2] = 0.0
+        kept = conv.weight[1::2].clone()
+    prune_channels(wrapper, torch.randn(2, 3, 32, 32), SlimConfig(ratio=0.5, round_to=None))
+    assert conv.out_channels == kept.shape[0]
+    # every zeroed filter went (the input channels were pruned too, so compare filter norms)
+    assert (conv.weight.abs().sum(dim=(1, 2, 3)) > 0).all()
+
+
+def test_macs_budget_is_met_in_steps_and_an_unreachable_one_names_the_closest(one_thread):
+    wrapper, _ = _wrapper("resnet18", method="ce", width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    full = count_macs(wrapper.backbone, x[:1])
+    record = prune_channels(wrapper, x, SlimConfig(macs=full * 0.5, round_to=None))
+    assert record["after"]["macs"] <= full * 0.5
+    assert len(record["history"]) > 2  # several steps, stopped as soon as it was met
+    assert record["history"][-2]["macs"] > full * 0.5
+
+    wrapper, _ = _wrapper("resnet18", method="ce", width=0.25)
+    with pytest.raises(ConfigError, match=r"cannot be reached.*at best") as err:
+        prune_channels(wrapper, x, SlimConfig(macs=10.0, max_ratio=0.3, round_to=None))
+    assert "slim.max_ratio" in str(err.value)
+
+
+def test_latency_budget_uses_the_measurement_it_is_given(one_thread):
+    wrapper, _ = _wrapper("resnet18", method="ce", width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    seen = []
+
+    def fake_latency(classifier):  # stands in for ONNX Runtime: proportional to MACs
+        ms = count_macs(classifier, x[:1]) / 1e7
+        seen.append(ms)
+        return ms
+
+    full = seen and seen[0] or count_macs(wrapper.backbone, x[:1]) / 1e7
+    record = prune_channels(
+        wrapper, x, SlimConfig(latency_ms=full * 0.6, round_to=None), latency_ms=fake_latency
+    )
+    assert record["after"]["latency_ms"] <= full * 0.6 < record["history"][-2]["latency_ms"]
+    assert len(seen) == len(record["history"])
+
+
+def test_excluded_layer_keeps_its_width_and_unknown_names_are_refused(one_thread):
+    wrapper, _ = _wrapper("resnet18", method="ce", width=0.25)
+    x = torch.randn(2, 3, 32, 32)
+    before = wrapper.backbone.stages[1][0].conv1.out_channels
+    other = wrapper.backbone.stages[2][0].conv1.out_channels
+    prune_channels(wrapper, x, SlimConfig(ratio=0.5, exclude=["stages.1.0.conv1"]))
+    assert wrapper.backbone.stages[1][0].conv1.out_channels == before
+    assert wrapper.backbone.stages[2][0].conv1.out_channels == other // 2
+    with pytest.raises(ConfigError, match="not a layer of the classifier"):
+        prune_channels(
+            _wrapper("resnet18", "ce", 0.25)[0], x, SlimConfig(ratio=0.5, exclude=["nope"])
+        )
+
+
+def test_a_failing_layer_is_named_with_the_option_that_leaves_it_out():
+    class Odd(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 1), Odd())
+
+        def forward(self, x):
+            return self.backbone(x)
+
+    net = Net()
+    with pytest.raises(StageError, match=r"backbone\.1.*slim\.exclude: \[1\]"):
+        with _layer_named(net, "run the pruned network"):
+            net(torch.zeros(1, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["slim.ratio=1.0"], "slim.ratio"),
+        (["slim.ratio=-0.1"], "slim.ratio"),
+        (["slim.ratio=0.5", "slim.macs=1e6"], "one pruning target"),
+        (["slim.method=nope"], "unknown recovery method"),
+        (["slim.epochs=2", "slim.warmup_epochs=2"], "warmup_epochs"),
+    ],
+)
+def test_bad_slim_config_is_refused_with_the_key(sets, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, sets)
+
+
+def test_slim_off_passes_the_trained_model_through_unchanged(tiny_overrides):
+    from pipeline.artifacts import sha256_file
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(None, [*tiny_overrides, "train.epochs=1"])
+    manifests = run_pipeline(cfg, only="train")
+    manifests = run_pipeline(cfg, only="slim")
+    train, slim = manifests["train"].folder, manifests["slim"].folder
+    assert manifests["slim"].metrics == {"slimmed": False}
+    for f in ("model.safetensors", "model.json"):
+        assert sha256_file(train / f) == sha256_file(slim / f)
+
+
+def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
+    from pipeline.runner import run_pipeline
+
+    sets = [
+        *tiny_overrides, "model.width=0.25", "train.method=ama", "slim.ratio=0.5",
+        "slim.epochs=1", "slim.round_to=4", "validate.sweep.enabled=false",
+    ]  # fmt: skip
+    cfg = load_config(None, sets)
+    manifests = run_pipeline(cfg)
+    sl = manifests["slim"].metrics
+    c = sl["compression"]
+    assert sl["slimmed"] and sl["recovery_method"] == "ama"
+    assert c["slim"]["params"] < 0.5 * c["unpruned"]["params"]
+    assert c["slim"]["macs"] == sl["pruning"]["after"]["macs"]
+    assert sl["recovery"]["epochs"] == 1 and sl["recovery"]["method"] == "ama"
+    # the pruned classifier is what ships: the prune stage proves it, export and validate use it
+    pr = manifests["prune"].metrics
+    assert pr["params_deployed"] == c["slim"]["params"] and pr["parity"]["max_abs_diff"] == 0.0
+    assert manifests["export"].metrics["onnx"]["bytes"] < 0.6 * c["unpruned"]["fp32"]["onnx_bytes"]
+    report = (cfg.run_path / "report.md").read_text()
+    assert "## Compression" in report and "slim INT8" in report
+    # a second run reuses every stage
+    again = run_pipeline(cfg)
+    assert again["slim"].key == manifests["slim"].key
+
+
+def test_ce_recovery_drops_the_self_teacher(tiny_overrides, one_thread):
+    from pipeline.runner import run_pipeline
+
+    sets = [*tiny_overrides, "train.method=ama", "train.epochs=1", "slim.ratio=0.3",
+            "slim.epochs=1", "slim.method=ce", "slim.round_to=4"]  # fmt: skip
+    cfg = load_config(None, sets)
+    run_pipeline(cfg, only="train")
+    run_pipeline(cfg, only="slim")
+    manifests = run_pipeline(cfg, only="prune")
+    assert manifests["slim"].metrics["recovery"]["params_aux"] == 0
+    assert manifests["prune"].metrics["params_removed"] == 0
