@@ -8,8 +8,17 @@ calibrator. An engine's precision is its ONNX graph's: `fp32` from the FP32 expo
 from the FP16 variant, `int8` from explicit symmetric INT8 Q/DQ (`export.int8` with
 `activations: symmetric` and `bias: float`; onnxruntime's default uint8 activations with zero
 points are refused, and checked for first). One optimisation profile over the batch axis (min,
-opt, max), a timing cache reused across builds, and a JSON record beside each engine of the
-TensorRT version and GPU it is bound to.
+opt, max), a timing cache reused across builds, and a JSON record beside each engine
+(`model.fp16.engine` -> `model.fp16.json`):
+
+    tensorrt, gpu, compute_capability   what the engine is bound to (it runs only there)
+    precision, profile {min, opt, max}  how it was built; onnx (the graph's file name), build_s
+    inputs, outputs                     [{name, dtype, shape}], -1 for the dynamic batch axis
+    metadata                            the ONNX model's metadata: classes, preprocessing
+    engine_sha256                       the engine file's hash, checked before it is served
+
+so that serving the engine (`serving.predictor.TrtPredictor`) and packaging it for Triton
+(`export.triton`, platform `tensorrt_plan`) need nothing but the two files.
 
 Everything imports lazily: on a machine without tensorrt or a GPU, `require_tensorrt` raises a
 `GpuUnavailable` (exit 7) whose message says what is missing and how to install it.
@@ -17,6 +26,7 @@ Everything imports lazily: on a machine without tensorrt or a GPU, `require_tens
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -161,10 +171,15 @@ def build_engine(
     seconds = time.perf_counter() - t0
     if timing_cache is not None:
         _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
-    _write_atomic(engine_path, bytes(blob))
+    data = bytes(blob)
+    _write_atomic(engine_path, data)
     record = engine_record(trt, precision, profile) | {
         "onnx": onnx_path.name,
         "build_s": round(seconds, 2),
+        "inputs": tensor_records(trt, [network.get_input(i) for i in range(network.num_inputs)]),
+        "outputs": tensor_records(trt, [network.get_output(i) for i in range(network.num_outputs)]),
+        "metadata": onnx_metadata(onnx_path),
+        "engine_sha256": hashlib.sha256(data).hexdigest(),
     }
     _write_atomic(engine_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
     log.info(
@@ -189,6 +204,33 @@ def engine_record(trt, precision: str, profile: Profile) -> dict[str, Any]:
         "precision": precision,
         "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
     }
+
+
+_DTYPE_NAMES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
+
+
+def dtype_name(trt, dtype) -> str:
+    """A TensorRT DataType as the record writes it: numpy's name (float32, float16, ...)."""
+    for name in _DTYPE_NAMES:
+        if getattr(trt, name, None) == dtype:
+            return name
+    return str(dtype).rsplit(".", 1)[-1].lower()  # e.g. fp8: Triton has no type for it
+
+
+def tensor_records(trt, tensors) -> list[dict[str, Any]]:
+    """Name, dtype and shape (-1 for a dynamic axis) of network inputs or outputs."""
+    return [
+        {"name": t.name, "dtype": dtype_name(trt, t.dtype), "shape": [int(d) for d in t.shape]}
+        for t in tensors
+    ]
+
+
+def onnx_metadata(onnx_path: Path) -> dict[str, str]:
+    """The ONNX model's metadata (class names, preprocessing), as the strings it holds."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -1,11 +1,18 @@
-"""A Triton Inference Server model repository from an exported ONNX model.
+"""A Triton Inference Server model repository from an exported ONNX model or a built TensorRT
+engine.
 
     python -m pipeline triton runs/digits-resnet18 --out model_repository --kind gpu --tensorrt fp16
+    python -m pipeline triton runs/digits-resnet18 --artefact tensorrt_fp16 --out model_repository \\
+        --name classifier_trt
     docker run --gpus all -p8000:8000 -p8001:8001 -v $PWD/model_repository:/models \\
         nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
 
 Writes `<out>/<name>/config.pbtxt`, `<out>/<name>/<version>/model.onnx` and
-`<out>/<name>/labels.txt`. The configuration is built as tritonclient's `ModelConfig` protobuf,
+`<out>/<name>/labels.txt`; for an engine `<version>/model.plan` (platform `tensorrt_plan`) and
+its JSON record as `<name>/engine.json`, the config's tensors, batch size and metadata taken
+from that record (written by `export.tensorrt.build_engine`): `max_batch_size` is the
+profile's max batch, instances are GPU instances, and the engine runs only in a Triton whose
+TensorRT version and GPU are the record's (`parameters` repeats them). The configuration is built as tritonclient's `ModelConfig` protobuf,
 written with protobuf's text format and parsed back (which rejects any field Triton does not
 know), so a malformed config fails here, not at server start. Shapes, names and data types come
 from the ONNX graph: a dynamic batch axis gives `max_batch_size` and dynamic batching (Triton
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtefactError, ConfigError, StageError
+from serving.predictor import engine_record_path, is_engine, read_engine_record
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,19 @@ _ONNX_TO_TRITON = {
     10: "TYPE_FP16",
     11: "TYPE_FP64",
     16: "TYPE_BF16",
+}
+
+
+# dtype names of an engine's JSON record -> Triton data types
+_RECORD_TO_TRITON = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "bfloat16": "TYPE_BF16",
+    "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "bool": "TYPE_BOOL",
 }
 
 
@@ -88,6 +109,46 @@ def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, s
     outputs = [spec(v) for v in model.graph.output]
     meta = {p.key: p.value for p in model.metadata_props}
     return inputs, outputs, meta
+
+
+def engine_io(
+    engine: Path,
+) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str], dict[str, Any]]:
+    """Inputs, outputs and model metadata of a TensorRT engine, from its JSON record; and the
+    record. The metadata is the record's copy, or the ONNX file's it names beside the engine."""
+    record = read_engine_record(engine)
+    rec_name = engine_record_path(engine).name
+    rebuild = (
+        "rebuild it with `python -m pipeline tensorrt RUN` or the export stage's tensorrt_* formats"
+    )
+    if record is None:
+        raise ArtefactError(
+            f"{engine} has no record {rec_name} beside it: Triton's config takes the engine's "
+            f"tensor names, shapes and batch profile from it; {rebuild}"
+        )
+    if not record.get("inputs") or not record.get("outputs") or "profile" not in record:
+        raise ArtefactError(
+            f"{rec_name} holds no tensor names and shapes (the engine was built by an older "
+            f"version); {rebuild}"
+        )
+
+    def spec(t: dict) -> TensorSpec:
+        if t.get("dtype") not in _RECORD_TO_TRITON:
+            raise ConfigError(
+                f"{rec_name}: tensor {t.get('name')!r} has type {t.get('dtype')!r}, which Triton "
+                "lacks"
+            )
+        return TensorSpec(
+            t["name"], _RECORD_TO_TRITON[t["dtype"]], tuple(int(d) for d in t["shape"])
+        )
+
+    inputs = [spec(t) for t in record["inputs"]]
+    outputs = [spec(t) for t in record["outputs"]]
+    meta = record.get("metadata")
+    if not isinstance(meta, dict):
+        onnx_beside = engine.parent / str(record.get("onnx", ""))
+        meta = onnx_io(onnx_beside)[2] if record.get("onnx") and onnx_beside.is_file() else {}
+    return inputs, outputs, {k: str(v) for k, v in meta.items()}, record
 
 
 def with_preprocessing(src: Path, dst: Path) -> Path:
@@ -157,37 +218,39 @@ def _warmup(cfg, pb2, batched: bool) -> None:
         w.inputs[t.name].zero_data = True
 
 
-def build_config(
-    path: Path,
-    name: str,
-    *,
-    max_batch_size: int = 64,
-    instances: int = 1,
-    kind: str = "cpu",
-    tensorrt: str | None = None,
-    max_queue_delay_us: int = 500,
-    labels: bool = True,
-    warmup: bool = True,
-):
-    """The ModelConfig protobuf for an ONNX file; see the module docstring."""
-    pb2, _ = _model_config_pb2()
+def _check_common(kind: str, max_batch_size: int | None, instances: int) -> None:
     if kind not in ("cpu", "gpu"):
         raise ConfigError(f"instance kind {kind!r}: use 'cpu' or 'gpu'")
-    if tensorrt not in (None, "fp32", "fp16"):
-        raise ConfigError(f"tensorrt precision {tensorrt!r}: use fp16 or fp32 (or leave it out)")
-    if tensorrt and kind != "gpu":
-        raise ConfigError("the TensorRT accelerator runs on GPU instances: add --kind gpu")
-    if max_batch_size < 1 or instances < 1:
+    if (max_batch_size is not None and max_batch_size < 1) or instances < 1:
         raise ConfigError("max_batch_size and instances must be at least 1")
-    inputs, outputs, meta = onnx_io(path)
+
+
+def _assemble(
+    pb2,
+    name: str,
+    platform: str,
+    io: tuple[list[TensorSpec], list[TensorSpec], dict[str, str]],
+    *,
+    max_batch_size: int,
+    instances: int,
+    kind: str,
+    max_queue_delay_us: int,
+    labels: bool,
+    warmup: bool,
+    source: Path,
+):
+    """The parts of a ModelConfig every platform shares: tensors (the batch axis left out when
+    batched), labels, instance group, dynamic batching, warm-up and the metadata as
+    parameters."""
+    inputs, outputs, meta = io
     batched = all(t.shape and t.shape[0] == -1 for t in inputs + outputs)
     if not batched:
         log.warning(
             "%s has a fixed batch axis: max_batch_size 0 and no dynamic batching; re-export "
             "with a dynamic batch axis to let Triton batch requests",
-            path,
+            source,
         )
-    cfg = pb2.ModelConfig(name=name, platform="onnxruntime_onnx")
+    cfg = pb2.ModelConfig(name=name, platform=platform)
     cfg.max_batch_size = max_batch_size if batched else 0
     for t in inputs:
         cfg.input.add(
@@ -211,13 +274,6 @@ def build_config(
         preferred = [b for b in (8, 16, 32, 64) if b <= max_batch_size] or [max_batch_size]
         cfg.dynamic_batching.preferred_batch_size.extend(preferred)
         cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
-    if tensorrt:
-        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
-        acc.parameters["precision_mode"] = tensorrt.upper()
-        acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
-        # Triton's ONNX Runtime backend keeps the engines it builds, so a restart loads them.
-        acc.parameters["trt_engine_cache_enable"] = "true"
-        acc.parameters["trt_engine_cache_path"] = f"/tmp/triton-trt-cache/{name}"
     if warmup:
         _warmup(cfg, pb2, batched)
     for key in ("input_size", "resize", "mean", "std", "classes"):
@@ -226,8 +282,92 @@ def build_config(
     return cfg
 
 
+def build_config(
+    path: Path,
+    name: str,
+    *,
+    max_batch_size: int | None = 64,
+    instances: int = 1,
+    kind: str = "cpu",
+    tensorrt: str | None = None,
+    max_queue_delay_us: int = 500,
+    labels: bool = True,
+    warmup: bool = True,
+):
+    """The ModelConfig protobuf for an ONNX file; see the module docstring."""
+    pb2, _ = _model_config_pb2()
+    _check_common(kind, max_batch_size, instances)
+    if tensorrt not in (None, "fp32", "fp16"):
+        raise ConfigError(f"tensorrt precision {tensorrt!r}: use fp16 or fp32 (or leave it out)")
+    if tensorrt and kind != "gpu":
+        raise ConfigError("the TensorRT accelerator runs on GPU instances: add --kind gpu")
+    cfg = _assemble(
+        pb2, name, "onnxruntime_onnx", onnx_io(path), max_batch_size=max_batch_size or 64,
+        instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us, labels=labels,
+        warmup=warmup, source=path,
+    )  # fmt: skip
+    if tensorrt:
+        acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        acc.parameters["precision_mode"] = tensorrt.upper()
+        acc.parameters["max_workspace_size_bytes"] = str(1 << 30)
+        # Triton's ONNX Runtime backend keeps the engines it builds, so a restart loads them.
+        acc.parameters["trt_engine_cache_enable"] = "true"
+        acc.parameters["trt_engine_cache_path"] = f"/tmp/triton-trt-cache/{name}"
+    return cfg
+
+
+def build_plan_config(
+    engine: Path,
+    name: str,
+    *,
+    max_batch_size: int | None = None,
+    instances: int = 1,
+    kind: str = "gpu",
+    tensorrt: str | None = None,
+    max_queue_delay_us: int = 500,
+    labels: bool = True,
+    warmup: bool = True,
+):
+    """The ModelConfig protobuf for a TensorRT engine (platform `tensorrt_plan`), from its JSON
+    record: tensors, `max_batch_size` (default and ceiling: the profile's max batch), GPU
+    instances, dynamic batching, warm-up, the model's metadata and what the engine is bound to
+    (TensorRT version, GPU) under `parameters`."""
+    pb2, _ = _model_config_pb2()
+    _check_common(kind, max_batch_size, instances)
+    if kind != "gpu":
+        raise ConfigError("a TensorRT engine runs on GPU instances only: use --kind gpu")
+    if tensorrt is not None:
+        raise ConfigError(
+            "--tensorrt asks Triton's ONNX Runtime backend for TensorRT; this model is already a "
+            "TensorRT engine: leave it out"
+        )
+    inputs, outputs, meta, record = engine_io(engine)
+    profile = record["profile"]
+    if int(profile["min"]) > 1:
+        raise ConfigError(
+            f"{engine.name}'s profile starts at batch {profile['min']}; Triton sends batches from "
+            "1 up: rebuild the engine with a min batch of 1 (export.engine.min_batch)"
+        )
+    top = int(profile["max"])
+    if max_batch_size is not None and max_batch_size > top:
+        raise ConfigError(
+            f"--max-batch {max_batch_size} is over {engine.name}'s profile max batch {top}: "
+            "Triton would send batches the engine cannot run; lower it, or rebuild the engine "
+            "with a larger max batch"
+        )
+    cfg = _assemble(
+        pb2, name, "tensorrt_plan", (inputs, outputs, meta), max_batch_size=max_batch_size or top,
+        instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us, labels=labels,
+        warmup=warmup, source=engine,
+    )  # fmt: skip
+    for key in ("tensorrt", "gpu", "compute_capability", "precision"):
+        if record.get(key):
+            cfg.parameters[f"engine_{key}"].string_value = str(record[key])
+    return cfg
+
+
 def write_repository(
-    onnx_path: str | Path,
+    model_path: str | Path,
     out: str | Path,
     *,
     name: str = "classifier",
@@ -236,13 +376,21 @@ def write_repository(
     preprocessing: bool = False,
     **config_kwargs: Any,
 ) -> Path:
-    """Write (or replace, with overwrite) one model of a repository; returns the model folder."""
+    """Write (or replace, with overwrite) one model of a repository from an ONNX file or a
+    TensorRT engine (`.engine`, `.plan`, with its JSON record beside it); returns the model
+    folder."""
     pb2, text_format = _model_config_pb2()
-    src = Path(onnx_path)
+    src = Path(model_path)
+    engine = is_engine(src)
     if not name or "/" in name or name.startswith("."):
         raise ConfigError(f"model name {name!r}: use a plain folder name such as 'classifier'")
     if version < 1:
         raise ConfigError("Triton model versions are positive integers")
+    if engine and preprocessing:
+        raise ConfigError(
+            "--with-preprocessing edits the ONNX graph, and an engine is already built: package "
+            "the ONNX model with it, or build an engine from the preprocessed model.onnx"
+        )
     model_dir = Path(out) / name
     if model_dir.exists() and not overwrite:
         raise ConfigError(f"{model_dir} already exists; pass --overwrite to replace it")
@@ -250,12 +398,17 @@ def write_repository(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         (staging / str(version)).mkdir(parents=True)
-        served = staging / str(version) / "model.onnx"
-        if preprocessing:
-            with_preprocessing(src, served)
+        if engine:
+            cfg = build_plan_config(src, name, **config_kwargs)  # checked before any copy
+            shutil.copyfile(src, staging / str(version) / "model.plan")
+            shutil.copyfile(engine_record_path(src), staging / "engine.json")
         else:
-            shutil.copyfile(src, served)
-        cfg = build_config(served, name, **config_kwargs)
+            served = staging / str(version) / "model.onnx"
+            if preprocessing:
+                with_preprocessing(src, served)
+            else:
+                shutil.copyfile(src, served)
+            cfg = build_config(served, name, **config_kwargs)
         text = text_format.MessageToString(cfg)
         # Parse back: unknown fields or wrong types would raise here, as Triton would at load time.
         parsed = text_format.Parse(text, pb2.ModelConfig())

@@ -87,21 +87,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_model_arg(p: argparse.ArgumentParser, default: str | None = "onnx") -> None:
-    p.add_argument("model", type=Path, help="a run folder, its export folder, or an .onnx file")
+def _add_model_arg(
+    p: argparse.ArgumentParser, default: str | None = "onnx", engines: bool = False
+) -> None:
+    files = "an .onnx file or a TensorRT .engine" if engines else "an .onnx file"
+    p.add_argument("model", type=Path, help=f"a run folder, its export folder, or {files}")
+    names = "onnx, onnx_int8, onnx_fp16" + (", tensorrt_fp32/fp16/int8" if engines else "")
     p.add_argument(
         "--artefact",
         default=default,
-        help="which exported model of a run: onnx, onnx_int8 or onnx_fp16 "
+        help=f"which exported model of a run: {names} "
         + (f"(default {default})" if default else "(default: the one matching --precision)"),
     )
 
 
 def _add_serving_parsers(sub) -> None:
     serve = sub.add_parser(
-        "serve", help="HTTP inference server: v1 images, the v2 inference protocol, metrics"
+        "serve",
+        help="HTTP inference server (ONNX Runtime, or a TensorRT engine on a GPU): v1 images, "
+        "the v2 inference protocol, metrics",
     )
-    _add_model_arg(serve)
+    _add_model_arg(serve, engines=True)
     serve.add_argument("--config", type=Path, default=None, help="YAML of server settings")
     from serving.settings import ServeSettings
 
@@ -126,13 +132,18 @@ def _flag_type(annotation) -> type:
 
 def _add_triton_and_tensorrt(sub) -> None:
     triton = sub.add_parser("triton", help="write a Triton Inference Server model repository")
-    _add_model_arg(triton)
+    _add_model_arg(triton, engines=True)
     triton.add_argument("--out", type=Path, required=True, help="model repository folder")
     triton.add_argument("--name", default="classifier", help="model name (its folder)")
     triton.add_argument("--version", type=int, default=1)
-    triton.add_argument("--max-batch", type=int, default=64, help="Triton max_batch_size")
+    triton.add_argument(
+        "--max-batch", type=int, default=None,
+        help="Triton max_batch_size (default 64; an engine's: its profile's max batch)",
+    )  # fmt: skip
     triton.add_argument("--instances", type=int, default=1, help="model instances per device")
-    triton.add_argument("--kind", choices=["cpu", "gpu"], default="gpu", help="instance kind")
+    triton.add_argument(
+        "--kind", choices=["cpu", "gpu"], default="gpu", help="instance kind (engines: gpu only)"
+    )
     triton.add_argument(
         "--tensorrt", choices=["fp16", "fp32"], default=None,
         help="let Triton's ONNX Runtime backend run the model through TensorRT",
@@ -250,31 +261,32 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.artefacts import resolve_onnx
+    from serving.artefacts import resolve_model
     from serving.server import serve
     from serving.settings import ServeSettings, load_settings
 
     overrides = {k: getattr(args, k) for k in ServeSettings.model_fields}
     settings = load_settings(args.config, overrides)
-    model = resolve_onnx(args.model, args.artefact)
+    model = resolve_model(args.model, args.artefact)
     _check_model_loads(model, settings)
     serve(model, settings)
     return 0
 
 
 def _check_model_loads(model: Path, settings) -> None:
-    """Fail with the right exit code before binding a port if the model cannot be loaded."""
-    from serving.predictor import OrtPredictor
+    """Fail with the right exit code before binding a port if the model cannot be loaded: an
+    engine without TensorRT or a GPU exits 7, one built for another GPU or TensorRT 8."""
+    from serving.predictor import load_predictor
 
-    OrtPredictor(model, threads=1, providers=settings.providers)
+    load_predictor(model, threads=1, providers=settings.providers)
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
     from export.triton import write_repository
-    from serving.artefacts import resolve_onnx
+    from serving.artefacts import resolve_model
 
     folder = write_repository(
-        resolve_onnx(args.model, args.artefact),
+        resolve_model(args.model, args.artefact),
         args.out,
         name=args.name,
         version=args.version,

@@ -395,6 +395,15 @@ class ValidateConfig(Strict):
     latency: LatencyConfig = LatencyConfig()
     sweep: SweepConfig = SweepConfig()
     mistakes: int = Field(8, ge=0, description="most confident test mistakes kept for the report")
+    gpu_backends: Literal["auto", "off", "require"] = Field(
+        "auto",
+        description="GPU back ends scored as rows of their own beside the exported artefacts: "
+        "torch_cuda (the deployed classifier on CUDA), onnx_cuda and onnx_fp16_cuda (ONNX "
+        "Runtime's CUDA execution provider on the FP32 model and, when exported, the FP16 one), "
+        "onnx_tensorrt (its TensorRT execution provider on the FP32 model). auto: each one that "
+        "is installed and finds a GPU, the others recorded as skipped with the reason; off: "
+        "none; require: a back end that cannot run fails the stage (exit 7)",
+    )
 
 
 class PipelineConfig(Strict):

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.images import to_rgb8
-from serving.predictor import OrtPredictor
+from serving.predictor import OrtPredictor, TrtPredictor
 
 DEFAULT_MAX_PIXELS = 40_000_000  # per image, before decoding (decompression bombs)
 
@@ -68,13 +68,16 @@ def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -
 
 
 class Classifier:
-    """Decode, preprocess, one batched ONNX Runtime call, top-k: the server's whole job."""
+    """Decode, preprocess, one batched inference call (ONNX Runtime or TensorRT), top-k: the
+    server's whole job."""
 
-    def __init__(self, predictor: OrtPredictor, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, predictor: OrtPredictor | TrtPredictor, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.predictor = predictor
         self.max_pixels = max_pixels
         self.classes = predictor.classes
-        n_out = predictor.session.get_outputs()[0].shape[-1]
+        n_out = predictor.outputs[0].shape[-1]
         self.num_classes = len(self.classes) or (n_out if isinstance(n_out, int) else 0)
 
     def label(self, i: int) -> str:

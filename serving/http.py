@@ -1,4 +1,6 @@
-"""HTTP inference server: FastAPI over ONNX Runtime (CPU or GPU providers), no torch in the process.
+"""HTTP inference server: FastAPI over ONNX Runtime (CPU or GPU providers), no torch in the
+process; or over a TensorRT engine (`.engine`, through `TrtPredictor`: tensorrt, and torch for
+the GPU buffers, imported only then).
 
     python -m pipeline serve runs/digits-resnet18 --port 8000
     curl -F file=@cat.png -F file=@dog.jpg 'localhost:8000/v1/predict?top_k=3'
@@ -17,8 +19,8 @@ Images from concurrent requests (v1 and v2) are batched into one inference call
 (`serving.batching`): up to `max_batch_size` images or `max_queue_delay_us`. The queue is
 bounded (`max_queue` images): beyond it, and past a request's deadline, the answer is 503 with
 Retry-After. Readiness comes only after the model is loaded and one warm-up inference ran.
-Preprocessing and class names come from the ONNX file's metadata, so the server cannot drift
-from training. Bad input gets a 4xx whose `detail` names the problem and the fix.
+Preprocessing and class names come from the ONNX file's metadata (an engine's JSON record
+carries a copy), so the server cannot drift from training. Bad input gets a 4xx whose `detail` names the problem and the fix.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime,
@@ -47,7 +49,10 @@ def create_app(
     load_in_background: bool = False,
     **overrides: Any,
 ):
-    """The FastAPI app for one ONNX model file. `overrides` are ServeSettings fields."""
+    """The FastAPI app for one model file: ONNX, or a TensorRT engine. `overrides` are
+    ServeSettings fields. Loading in the foreground, a model that cannot load raises: the
+    pipeline's own error where it has one (GpuUnavailable without TensorRT or a GPU,
+    ArtefactError for an engine built elsewhere), else an ArtefactError."""
     _require_serve_extra()
     from contextlib import asynccontextmanager
 
@@ -63,8 +68,10 @@ def create_app(
     if not load_in_background:
         state.load()
         if state.error:
-            from pipeline.errors import ArtefactError
+            from pipeline.errors import ArtefactError, PipelineError
 
+            if isinstance(state.failure, PipelineError):
+                raise state.failure
             raise ArtefactError(f"cannot serve {path}: {state.error}")
 
     @asynccontextmanager

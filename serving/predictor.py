@@ -1,6 +1,8 @@
 """One interface over inference back ends, `run(float32 NCHW batch) -> logits`: ONNX Runtime
-(`OrtPredictor`, CPU or GPU providers) and TensorRT engines (`TrtPredictor`). Preprocessing
-comes from the ONNX model's own metadata.
+(`OrtPredictor`, CPU or GPU providers) and TensorRT engines (`TrtPredictor`). Both describe
+their tensors the same way (`inputs`, `outputs`), and carry the model's preprocessing and class
+names: the ONNX model's own metadata, or for an engine the copy of it in the engine's JSON
+record. `load_predictor` picks the back end from the file.
 
 Nothing here imports torch at import time: a server needs numpy, Pillow and the back end only.
 """
@@ -8,12 +10,49 @@ Nothing here imports torch at import time: a server needs numpy, Pillow and the 
 from __future__ import annotations
 
 import json
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ArtefactError, GpuUnavailable, StageError
+from pipeline.errors import ArtefactError, ConfigError, GpuUnavailable, StageError
+
+ENGINE_SUFFIXES = (".engine", ".plan")  # serialized TensorRT engines
+
+# How to get TensorRT where it is missing (the same advice as the README's).
+TENSORRT_INSTALL = (
+    "pip install -e '.[gpu]' in a fresh environment (pulls tensorrt from NVIDIA's package "
+    "index at install time), or run in an NGC container that has it "
+    "(nvcr.io/nvidia/tensorrt, nvcr.io/nvidia/tritonserver)"
+)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model tensor as a predictor's `run` takes or returns it."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]  # None for a dynamic axis (the batch)
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _ort_tensor(t) -> TensorInfo:
+    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in t.shape)
+    return TensorInfo(t.name, np.dtype(_ORT_TYPES.get(t.type, np.float32)), shape)
 
 
 def import_onnxruntime():
@@ -21,8 +60,6 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        from pipeline.errors import ConfigError
-
         raise ConfigError(
             "ONNX Runtime is not installed: pip install -e '.[cpu]' (or '.[gpu]' on a CUDA "
             "machine; never both, the two builds provide the same module)"
@@ -32,6 +69,8 @@ def import_onnxruntime():
 
 class OrtPredictor:
     """An ONNX Runtime session with the exported model's preprocessing and class names."""
+
+    platform = "onnxruntime_onnx"  # as Triton and the v2 protocol name it
 
     def __init__(
         self,
@@ -74,6 +113,19 @@ class OrtPredictor:
         return list(self.session.get_inputs()[0].shape)
 
     @property
+    def inputs(self) -> list[TensorInfo]:
+        return [_ort_tensor(t) for t in self.session.get_inputs()]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [_ort_tensor(t) for t in self.session.get_outputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session runs on (ONNX Runtime falls back silently)."""
+        return self.session.get_providers()
+
+    @property
     def classes(self) -> list[str]:
         return list(self.metadata.get("classes", []))
 
@@ -85,23 +137,29 @@ class OrtPredictor:
 
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 HWC RGB images -> the normalised NCHW batch the model was trained on."""
-        from PIL import Image
+        return preprocess(images, self.metadata)
 
-        size, resize = int(self.metadata["input_size"]), int(self.metadata["resize"])
-        mean = np.asarray(self.metadata["mean"], np.float32)[:, None, None]
-        std = np.asarray(self.metadata["std"], np.float32)[:, None, None]
-        out = []
-        for img in images:
-            im = Image.fromarray(img).convert("RGB")
-            w, h = im.size
-            scale = resize / min(w, h)
-            im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-            w, h = im.size
-            left, top = (w - size) // 2, (h - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
-            out.append((arr - mean) / std)
-        return np.stack(out)
+
+def preprocess(images: list[np.ndarray], metadata: dict[str, Any]) -> np.ndarray:
+    """uint8 HWC RGB images -> the normalised NCHW batch the model was trained on: resize the
+    short side to `resize`, centre-crop `input_size`, scale to [0, 1], (x - mean) / std."""
+    from PIL import Image
+
+    size, resize = int(metadata["input_size"]), int(metadata["resize"])
+    mean = np.asarray(metadata["mean"], np.float32)[:, None, None]
+    std = np.asarray(metadata["std"], np.float32)[:, None, None]
+    out = []
+    for img in images:
+        im = Image.fromarray(img).convert("RGB")
+        w, h = im.size
+        scale = resize / min(w, h)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        arr = np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
+        out.append((arr - mean) / std)
+    return np.stack(out)
 
 
 def _maybe_json(v: str) -> Any:
@@ -111,23 +169,96 @@ def _maybe_json(v: str) -> Any:
         return v
 
 
+def _profile_shapes(path: Path, min_batch: int, opt_batch: int, max_batch: int) -> dict[str, str]:
+    """TensorRT EP options for one explicit batch profile (no engine rebuilds mid-measurement),
+    when the model's only dynamic axis is the batch; none otherwise."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    shapes = {"min": [], "opt": [], "max": []}
+    for v in graph.input:
+        if v.name in inits:
+            continue
+        dims = [
+            d.dim_value if d.HasField("dim_value") else -1 for d in v.type.tensor_type.shape.dim
+        ]
+        if not dims or dims[0] != -1 or any(d < 0 for d in dims[1:]):
+            return {}
+        rest = "x".join(str(d) for d in dims[1:])
+        for key, b in (("min", min_batch), ("opt", opt_batch), ("max", max_batch)):
+            shapes[key].append(f"{v.name}:{b}x{rest}")
+    return {f"trt_profile_{k}_shapes": ",".join(v) for k, v in shapes.items()}
+
+
+def ort_gpu_predictor(
+    path: str | Path, provider: str, *, opt_batch: int = 32, max_batch: int = 256
+) -> OrtPredictor:
+    """An ONNX Runtime session whose first execution provider is `provider`
+    (`CUDAExecutionProvider` or `TensorrtExecutionProvider`), or GpuUnavailable saying why not.
+
+    ONNX Runtime falls back to the next provider without raising when one cannot start (no
+    CUDA device, CUDA/cuDNN or TensorRT libraries missing), so the providers the session
+    actually runs on are checked. The TensorRT EP gets one batch profile (1, opt, max) so it
+    builds its engine once; nothing is cached on disk."""
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    if provider not in available:
+        raise GpuUnavailable(
+            f"onnxruntime {ort.__version__} has no {provider} (it has: {', '.join(available)}); "
+            "install the gpu extra instead of cpu, pip install -e '.[gpu]' in a fresh "
+            "environment (onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA 12)"
+        )
+    chain: list = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if provider == "TensorrtExecutionProvider":
+        options = {"trt_fp16_enable": "false", "trt_int8_enable": "false"}
+        options |= _profile_shapes(Path(path), 1, min(opt_batch, max_batch), max_batch)
+        chain = [(provider, options), *chain]
+    pred = OrtPredictor(path, providers=chain)
+    if pred.providers[0] != provider:
+        need = (
+            f"TensorRT's libraries (the TensorRT version this onnxruntime was built for): "
+            f"{TENSORRT_INSTALL}"
+            if provider == "TensorrtExecutionProvider"
+            else "CUDA 12 and cuDNN 9 libraries (import torch first, or install nvidia-*-cu12)"
+        )
+        raise GpuUnavailable(
+            f"ONNX Runtime could not start {provider} and fell back to "
+            f"{', '.join(pred.providers)}: no CUDA GPU is visible, or it needs {need}"
+        )
+    return pred
+
+
 def require_tensorrt():
-    """The tensorrt module and a visible CUDA device, or GpuUnavailable saying what is missing."""
+    """The tensorrt module and a visible CUDA device (torch holds the engine's GPU buffers), or
+    GpuUnavailable naming everything that is missing and how to get it."""
+    missing = []
     try:
         import torch
-    except ImportError as exc:  # pragma: no cover - torch is a core dependency
-        raise GpuUnavailable("TensorRT benchmarking uses torch for CUDA buffers") from exc
-    if not torch.cuda.is_available():
-        raise GpuUnavailable(
-            "TensorRT needs a CUDA GPU and none is visible (torch.cuda.is_available() is False); "
-            "run this on a machine with an NVIDIA GPU and driver"
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        torch = None
+        missing.append(
+            "torch, which holds the engine's GPU buffers, is not installed: pip install torch "
+            "(a CUDA build)"
         )
+    if torch is not None and not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            missing.append(
+                f"TensorRT needs a CUDA GPU and this torch ({torch.__version__}) is a CPU-only "
+                "build; install a CUDA build of torch on a machine with an NVIDIA GPU"
+            )
+        else:
+            missing.append(
+                "TensorRT needs a CUDA GPU and none is visible (torch.cuda.is_available() is "
+                "False); run this on a machine with an NVIDIA GPU and driver"
+            )
     try:
         import tensorrt as trt
-    except ImportError as exc:
-        raise GpuUnavailable(
-            "the tensorrt package is not installed: pip install -e '.[gpu]' (TensorRT 10)"
-        ) from exc
+    except ImportError:
+        trt = None
+        missing.append(f"the tensorrt package is not installed: {TENSORRT_INSTALL}")
+    if missing:
+        raise GpuUnavailable("; and ".join(missing))
     if int(trt.__version__.split(".")[0]) < 10:
         raise GpuUnavailable(f"TensorRT {trt.__version__} is too old: this code needs 10 or newer")
     return trt
@@ -138,14 +269,54 @@ def _gpu_identity(torch) -> dict[str, str]:
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
+def engine_record_path(engine: str | Path) -> Path:
+    """The JSON record the builder writes beside an engine: `model.fp16.engine` ->
+    `model.fp16.json`."""
+    return Path(engine).with_suffix(".json")
+
+
+def read_engine_record(engine: str | Path) -> dict[str, Any] | None:
+    """An engine's JSON record (TensorRT version, GPU, profile, tensors, the model's metadata,
+    the engine's sha256), or None where there is none."""
+    path = engine_record_path(engine)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict):
+        raise ArtefactError(
+            f"{path}, the record of {Path(engine).name}, is not a JSON object; it is truncated "
+            "or was overwritten. Rebuild the engine (it writes its record beside it)"
+        )
+    return record
+
+
+def verify_engine_hash(engine: str | Path, record: dict[str, Any] | None) -> None:
+    """Check an engine against the sha256 its record holds (records older than that field,
+    and engines without a record, are left to their export manifest)."""
+    from pipeline.artifacts import sha256_file
+
+    expected = (record or {}).get("engine_sha256")
+    if expected is None:
+        return
+    found = sha256_file(Path(engine))
+    if found != expected:
+        raise ArtefactError(
+            f"{engine} does not match its record {engine_record_path(engine).name}: expected "
+            f"sha256 {expected}, found {found}; the file changed after it was built. Rebuild it "
+            "(`python -m pipeline tensorrt RUN`, or the export stage's tensorrt_* formats)"
+        )
+
+
 def check_engine_record(engine: Path, tensorrt_version: str, gpu: dict[str, str]) -> None:
     """Refuse an engine built for another TensorRT version or GPU, naming both (its JSON
     record, written by the builder, says what it was built for). An engine without a record
     is left to TensorRT's own check."""
-    record_path = engine.with_suffix(".json")
-    if not record_path.is_file():
+    rec = read_engine_record(engine)
+    if rec is None:
         return
-    rec = json.loads(record_path.read_text())
     built = (rec.get("tensorrt"), rec.get("gpu"), rec.get("compute_capability"))
     here = (tensorrt_version, gpu.get("gpu"), gpu.get("compute_capability"))
     if built != here:
@@ -156,20 +327,56 @@ def check_engine_record(engine: Path, tensorrt_version: str, gpu: dict[str, str]
         )
 
 
+PREPROCESSING_KEYS = ("input_size", "resize", "mean", "std")
+
+
+def engine_metadata(engine: Path, record: dict[str, Any] | None) -> dict[str, Any]:
+    """The model's metadata (class names, preprocessing) for an engine: the copy in its record,
+    else the metadata of the ONNX file the record names, when it lies beside the engine."""
+    raw: dict[str, str] = {}
+    if record is not None and isinstance(record.get("metadata"), dict):
+        raw = record["metadata"]
+    elif record is not None and record.get("onnx") and (engine.parent / record["onnx"]).is_file():
+        import onnx
+
+        model = onnx.load(str(engine.parent / record["onnx"]), load_external_data=False)
+        raw = {p.key: p.value for p in model.metadata_props}
+    return {k: _maybe_json(v) if isinstance(v, str) else v for k, v in raw.items()}
+
+
 class TrtPredictor:
     """A deserialized TensorRT engine with one execution context: `run` takes and returns
-    numpy like `OrtPredictor.run`; calling it runs torch CUDA tensors without copies.
-    torch (for CUDA buffers) and tensorrt are imported only here."""
+    numpy like `OrtPredictor.run` (split into batches the engine's profile admits, one call at
+    a time); calling it runs torch CUDA tensors without copies. torch (for CUDA buffers) and
+    tensorrt are imported only here. `need_metadata` (a server) refuses an engine whose
+    preprocessing is unknown before anything is loaded on the GPU."""
 
-    def __init__(self, engine_path: str | Path) -> None:
+    platform = "tensorrt_plan"  # as Triton and the v2 protocol name it
+
+    def __init__(self, engine_path: str | Path, *, need_metadata: bool = False) -> None:
+        trt = require_tensorrt()
         import torch
 
-        trt = require_tensorrt()
         self.trt, self.torch = trt, torch
-        check_engine_record(Path(engine_path), trt.__version__, _gpu_identity(torch))
+        self.path = Path(engine_path)
+        if not self.path.is_file():
+            raise ArtefactError(f"{self.path} does not exist; build it first")
+        record = read_engine_record(self.path)
+        check_engine_record(self.path, trt.__version__, _gpu_identity(torch))
+        self.record = record or {}
+        self.metadata: dict[str, Any] = engine_metadata(self.path, record)
+        missing = [k for k in PREPROCESSING_KEYS if k not in self.metadata]
+        if need_metadata and missing:
+            raise ArtefactError(
+                f"{self.path} comes without the model's preprocessing ({', '.join(missing)} "
+                f"missing): its record {engine_record_path(self.path).name} holds no metadata "
+                "and names no ONNX file beside it. Rebuild the engine with this version (the "
+                "record then carries the metadata), or keep the ONNX file it was built from "
+                "beside it"
+            )
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = self.runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise StageError(
                 f"{engine_path} is not an engine this TensorRT/GPU can load; rebuild it here "
@@ -178,11 +385,49 @@ class TrtPredictor:
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         mode = self.engine.get_tensor_mode
-        self.inputs = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
-        self.outputs = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(self.inputs) != 1:
-            raise StageError(f"expected one image input, the engine has {self.inputs}")
+        self.input_names = [n for n in names if mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if mode(n) == trt.TensorIOMode.OUTPUT]
+        if len(self.input_names) != 1:
+            raise StageError(f"expected one image input, the engine has {self.input_names}")
+        first = self.input_names[0]
+        batch_axis = int(self.engine.get_tensor_shape(first)[0])
+        self.max_batch = (
+            batch_axis
+            if batch_axis >= 0
+            else int(self.engine.get_tensor_profile_shape(first, 0)[2][0])
+        )
         self.stream = torch.cuda.Stream()
+        self._lock = threading.Lock()
+
+    def _info(self, name: str) -> TensorInfo:
+        """`run` takes float32 and returns float32 whatever the engine's own types are."""
+        dims = tuple(int(d) for d in self.engine.get_tensor_shape(name))
+        return TensorInfo(name, np.dtype(np.float32), tuple(d if d >= 0 else None for d in dims))
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [self._info(n) for n in self.input_names]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [self._info(n) for n in self.output_names]
+
+    @property
+    def input_shape(self) -> list:
+        """The engine input's shape; None for the dynamic batch axis."""
+        return list(self.inputs[0].shape)
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"TensorRT {self.trt.__version__}"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metadata.get("classes", []))
+
+    def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
+        """uint8 HWC RGB images -> the normalised NCHW batch, from the engine's record."""
+        return preprocess(images, self.metadata)
 
     def _dtype(self, name: str):
         t, trt = self.torch, self.trt
@@ -200,7 +445,7 @@ class TrtPredictor:
 
     def __call__(self, batch):
         """Run a CUDA tensor batch (N, C, H, W); returns the first output as a CUDA tensor."""
-        name = self.inputs[0]
+        name = self.input_names[0]
         x = batch.to(self._dtype(name)).contiguous()
         if not self.context.set_input_shape(name, tuple(x.shape)):
             lo, _, hi = self.engine.get_tensor_profile_shape(name, 0)
@@ -210,7 +455,7 @@ class TrtPredictor:
             )
         self.context.set_tensor_address(name, x.data_ptr())
         outs = []
-        for o in self.outputs:
+        for o in self.output_names:
             y = self.torch.empty(
                 tuple(self.context.get_tensor_shape(o)), dtype=self._dtype(o), device=x.device
             )
@@ -223,6 +468,37 @@ class TrtPredictor:
         return outs[0]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed float32 NCHW batch (host memory in and out)."""
-        x = self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).cuda()
-        return self(x).float().cpu().numpy()
+        """Logits for a preprocessed float32 NCHW batch (host memory in and out), in slices of
+        at most the profile's max batch; one call at a time (one execution context)."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        step = max(1, self.max_batch)
+        with self._lock:
+            parts = [
+                self(self.torch.from_numpy(x[s : s + step]).cuda()).float().cpu().numpy()
+                for s in range(0, len(x), step)
+            ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def is_engine(path: str | Path) -> bool:
+    return Path(path).suffix in ENGINE_SUFFIXES
+
+
+def load_predictor(
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    providers: list[str] | None = None,
+    spin: bool = True,
+) -> OrtPredictor | TrtPredictor:
+    """The back end for a model file: a TensorRT engine (`.engine`, `.plan`) through
+    `TrtPredictor` (CUDA GPU, tensorrt; its preprocessing must be known), anything else through
+    ONNX Runtime. `threads` and `providers` are ONNX Runtime's and refused for an engine."""
+    if is_engine(path):
+        if providers:
+            raise ConfigError(
+                f"providers {providers} are ONNX Runtime's; {Path(path).name} is a TensorRT "
+                "engine and runs on TensorRT (leave providers out)"
+            )
+        return TrtPredictor(path, need_metadata=True)
+    return OrtPredictor(path, threads=threads, providers=providers, spin=spin)

@@ -32,7 +32,8 @@ def add_v1_routes(app, state: ServerState, path: Path) -> None:
                 "std": meta.get("std"),
                 "layout": "NCHW float32, RGB",
             },
-            "providers": state.clf.predictor.session.get_providers(),
+            "platform": state.clf.predictor.platform,
+            "providers": state.clf.predictor.providers,
             "limits": {
                 "max_images": s.max_images,
                 "max_bytes": s.max_bytes,

@@ -35,8 +35,8 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
 
     def tensors(items) -> list[dict[str, Any]]:
         return [
-            {"name": t.name, "datatype": v2.NAMES[np.dtype(_np_type(t.type))],
-             "shape": [d if isinstance(d, int) else -1 for d in t.shape]}
+            {"name": t.name, "datatype": v2.NAMES[t.dtype],
+             "shape": [d if d is not None else -1 for d in t.shape]}
             for t in items
         ]  # fmt: skip
 
@@ -46,13 +46,13 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
         check(model, ver)
         if state.clf is None:
             raise HTTPException(503, state.error or "the model is loading")
-        sess = state.clf.predictor.session
+        pred = state.clf.predictor
         return {
             "name": name,
             "versions": ["1"],
-            "platform": "onnxruntime_onnx",
-            "inputs": tensors(sess.get_inputs()),
-            "outputs": tensors(sess.get_outputs()),
+            "platform": pred.platform,
+            "inputs": tensors(pred.inputs),
+            "outputs": tensors(pred.outputs),
         }
 
     @app.get("/v2/models/{model}/ready")
@@ -70,7 +70,7 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
         if declared is not None and declared.isdigit() and int(declared) > s.max_bytes:
             raise HTTPException(413, f"request is {int(declared):,} bytes, over {s.max_bytes:,}")
         body = await with_deadline(read_body(request, s.max_bytes), s.body_timeout_s)
-        out_name = state.clf.predictor.session.get_outputs()[0].name
+        out_name = state.clf.predictor.outputs[0].name
         try:
             req, arrays = v2.parse_request(body, request.headers.get(v2.HEADER_LENGTH.lower()))
             x = _model_input(state, arrays, req)
@@ -82,26 +82,19 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
         return Response(content, headers=headers)
 
 
-def _np_type(onnx_type: str):
-    table = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
-             "tensor(int32)": np.int32, "tensor(int64)": np.int64, "tensor(bool)": np.bool_}  # fmt: skip
-    return table.get(onnx_type, np.float32)
-
-
 def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -> np.ndarray:
     """The one input tensor, checked against the model's name, datatype and shape."""
     from serving.v2 import NAMES, ProtocolError
 
-    inp = state.clf.predictor.session.get_inputs()[0]
+    inp = state.clf.predictor.inputs[0]
     if set(arrays) != {inp.name}:
         raise ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
     x = arrays[inp.name]
-    want_type = NAMES[np.dtype(_np_type(inp.type))]
+    want_type = NAMES[inp.dtype]
     sent_type = next(t.get("datatype") for t in req["inputs"] if t.get("name") == inp.name)
     if sent_type != want_type:
         raise ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
-    want = [d if isinstance(d, int) else None for d in inp.shape]
+    want = list(inp.shape)
     if x.ndim != len(want) or any(
         w is not None and w != d for w, d in zip(want, x.shape, strict=True)
     ):
@@ -111,4 +104,4 @@ def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -
         )
     if x.shape[0] > state.settings.max_images:
         raise ProtocolError(f"{x.shape[0]} images in one request, over {state.settings.max_images}")
-    return np.ascontiguousarray(x, dtype=_np_type(inp.type))
+    return np.ascontiguousarray(x, dtype=inp.dtype)

@@ -13,7 +13,7 @@ import numpy as np
 from serving.batching import Batcher, BatchStats, Closed, DeadlineExceeded, QueueFull
 from serving.classify import Classifier
 from serving.metrics import Metrics
-from serving.predictor import OrtPredictor
+from serving.predictor import load_predictor
 from serving.settings import ServeSettings
 
 log = logging.getLogger("serving.http")
@@ -28,15 +28,17 @@ class ServerState:
         self.batcher: Batcher | None = None
         self.ready = False
         self.error: str | None = None
+        self.failure: Exception | None = None  # what made loading fail, for create_app to raise
         self.decodes = threading.BoundedSemaphore(settings.max_concurrent_decodes)
         self.in_flight = 0  # inference requests being handled (the middleware counts them)
 
     def load(self) -> None:
-        """Load the model and run one warm-up inference; then the server is ready."""
+        """Load the model (ONNX Runtime, or TensorRT for an engine) and run one warm-up
+        inference; then the server is ready."""
         try:
             s = self.settings
             clf = Classifier(
-                OrtPredictor(self.model, threads=s.threads, providers=s.providers, spin=False),
+                load_predictor(self.model, threads=s.threads, providers=s.providers, spin=False),
                 s.max_pixels,
             )
             shape = [d if isinstance(d, int) else 1 for d in clf.predictor.input_shape]
@@ -47,6 +49,7 @@ class ServerState:
             log.info("model %s loaded and warmed up: ready", self.model)
         except Exception as exc:  # noqa: BLE001 - reported by readiness and the log
             self.error = f"{type(exc).__name__}: {exc}"
+            self.failure = exc
             log.error("model %s failed to load: %s", self.model, self.error)
 
     def batcher_for(self) -> Batcher:

@@ -37,6 +37,7 @@ def build_report(
             "method": made.get("train", {}).get("method", cfg.train.method),
         },
         "artefacts": v["artefacts"],
+        "skipped": v.get("skipped", {}),
         "gates": v["gates"],
         "threads": v["threads"],
         "test_samples": v.get("test_samples"),
@@ -86,6 +87,9 @@ def _summary(r: dict[str, Any]) -> list[str]:
     serve = f"Serve it: `python -m pipeline serve {r.get('run_dir', 'runs/' + r['run'])}`"
     if "onnx_int8" in r["artefacts"]:
         serve += " (`--artefact onnx_int8` for the INT8 model)"
+    engines = [n for n in r["artefacts"] if n.startswith("tensorrt_")]
+    if engines:
+        serve += f"; `--artefact {engines[0]}` serves the TensorRT engine on a GPU like this one"
     lines.append(serve + ". The resolved configuration is in `config.yaml` beside this report.")
     if not r.get("consistent", True):
         lines.insert(
@@ -98,6 +102,7 @@ def _summary(r: dict[str, Any]) -> list[str]:
 
 def _artefacts(r: dict[str, Any], figures: dict[str, str]) -> Section:
     ref = r["artefacts"]["torch"]["latency_ms"]["p50"]
+    gpu = any(a.get("device") == "cuda" for a in r["artefacts"].values())
     rows = []
     for name, a in r["artefacts"].items():
         lat, th = a["latency_ms"], a["throughput"]
@@ -109,10 +114,17 @@ def _artefacts(r: dict[str, Any], figures: dict[str, str]) -> Section:
     header = ["artefact", "back end", "top-1", "p50 ms", "p90 ms", "p99 ms", "images/s",
               "speed-up vs torch FP32 (p50)", "size"]  # fmt: skip
     blocks: list = [
-        f"Test split ({f.count(r.get('test_samples'))} images), {r['threads']} CPU threads. "
-        "Latency is one image per call (batch 1); throughput at the batch shown.",
+        f"Test split ({f.count(r.get('test_samples'))} images), {r['threads']} CPU threads"
+        + (f", GPU {r.get('environment', {}).get('device', '?')} for the GPU rows" if gpu else "")
+        + ". Latency is one image per call (batch 1); throughput at the batch shown.",
         Table(header, rows),
     ]
+    skipped = r.get("skipped", {})
+    if skipped:
+        blocks += [
+            "GPU back ends not measured on this machine:",
+            Table(["back end", "skipped because"], [[k, v] for k, v in skipped.items()]),
+        ]
     if "accuracy_latency" in figures:
         blocks.append(Figure(figures["accuracy_latency"], "Top-1 against batch-1 latency for "
                              "every artefact; the dashed line joins the points no other beats "

@@ -234,6 +234,8 @@ def latency_batch_figure(artefacts: dict[str, dict], out: Path) -> Path | None:
         color = f"C{i}"
         for j, t in enumerate(threads):
             row = sorted((p for p in pts if p["threads"] == t), key=lambda p: p["batch"])
+            if not row:  # a GPU row is swept at one thread count only
+                continue
             b = [p["batch"] for p in row]
             label = f"{name}, {t} thread{'s' if t > 1 else ''}"
             ax1.plot(

@@ -6,6 +6,12 @@ thread count; then, for the report, a sweep over batch sizes and thread counts
 (`validate.sweep`). The predictions (`predictions.npz`) and the most confident mistakes with
 their images (`mistakes.npz`) are kept for the report's confusion matrix and thumbnails.
 Everything is recorded before a failed gate is raised; the runner then writes the report.
+
+GPU back ends (`validate.gpu_backends`) are rows of their own, scored and gated like the
+others: `torch_cuda`, `onnx_cuda`, `onnx_fp16_cuda`, `onnx_tensorrt` (and the export's
+TensorRT engines). Each one that cannot run here (no GPU, a CPU build of onnxruntime, no
+TensorRT) is recorded under `skipped` with the reason, as the export stage records the engine
+formats it could not build.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from pipeline.artifacts import Manifest, StageContext, StageResult, write_json_atomic
-from pipeline.errors import GateFailed
+from pipeline.errors import GateFailed, GpuUnavailable
 from pipeline.gates import at_least, at_most, show
 from pipeline.timing import latency, sweep_point, throughput
 
@@ -79,11 +85,18 @@ def score(
     return scored, pred, conf
 
 
-def sweep(make: Callable[[int], Callable], xs: np.ndarray, cfg: PipelineConfig, all_threads: int):
-    """Latency per (threads, batch size); `make(threads)` gives a predictor using that many."""
+def sweep(
+    make: Callable[[int], Callable],
+    xs: np.ndarray,
+    cfg: PipelineConfig,
+    all_threads: int,
+    threads: list[int] | None = None,
+):
+    """Latency per (threads, batch size); `make(threads)` gives a predictor using that many.
+    `threads` replaces `validate.sweep.threads` (0: all cores)."""
     sw = cfg.validate_.sweep
     points = []
-    for t in sw.threads:
+    for t in sw.threads if threads is None else threads:
         threads = t or all_threads
         predict = make(threads)
         for b in sw.batch_sizes:
@@ -121,6 +134,103 @@ def torch_predictor(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray
             return model(torch.from_numpy(x)).numpy()
 
     return predict
+
+
+def torch_cuda_predictor(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """A copy of the model on the first CUDA device: numpy in host memory in, logits in host
+    memory out (copies included; `.cpu()` waits for the GPU). GpuUnavailable without one."""
+    import copy
+
+    import torch
+
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            raise GpuUnavailable(
+                f"this torch ({torch.__version__}) is a CPU-only build; a CUDA build of torch "
+                "and an NVIDIA GPU run the classifier on CUDA"
+            )
+        raise GpuUnavailable("no CUDA GPU is visible to torch (torch.cuda.is_available() is False)")
+    dev = torch.device("cuda")
+    on_gpu = copy.deepcopy(model).to(dev).eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return on_gpu(torch.from_numpy(x).to(dev)).float().cpu().numpy()
+
+    return predict
+
+
+class Candidate(NamedTuple):
+    """A row of the validation: its back end, its file, `make(threads)` -> predict, and
+    whether it runs on a GPU (CPU thread counts do not apply: swept once)."""
+
+    backend: str
+    path: Path
+    make: Callable[[int], Callable[[np.ndarray], np.ndarray]]
+    gpu: bool = False
+
+
+GPU_BACKENDS = {
+    "torch_cuda": "torch eager fp32 CUDA",
+    "onnx_cuda": "onnxruntime CUDA EP fp32",
+    "onnx_fp16_cuda": "onnxruntime CUDA EP fp16",
+    "onnx_tensorrt": "onnxruntime TensorRT EP fp32",
+}
+
+
+def gpu_candidates(
+    cfg: PipelineConfig, export: Manifest, model, weights: Path
+) -> tuple[dict[str, Candidate], dict[str, str]]:
+    """The GPU back ends of `validate.gpu_backends` that can run here, loaded; and, for those
+    that cannot, the reason (or, with `require`, GpuUnavailable naming the first)."""
+    from serving.predictor import ort_gpu_predictor
+
+    mode = cfg.validate_.gpu_backends
+    if mode == "off":
+        return {}, {}
+    v = cfg.validate_
+    arts = export.extra["artefacts"]
+    fp32 = export.path(arts["onnx"])
+    fp16 = export.path(arts["onnx_fp16"]) if "onnx_fp16" in arts else None
+    # one TensorRT profile holding every batch validation sends (predictions go 256 at a time)
+    biggest = max(256, v.latency.throughput_batch, *v.sweep.batch_sizes)
+    loaders: dict[str, tuple[Path, Callable[[], Callable]]] = {
+        "torch_cuda": (weights, lambda: torch_cuda_predictor(model)),
+        "onnx_cuda": (fp32, lambda: ort_gpu_predictor(fp32, "CUDAExecutionProvider").run),
+    }
+    if fp16 is not None:
+        loaders["onnx_fp16_cuda"] = (
+            fp16, lambda: ort_gpu_predictor(fp16, "CUDAExecutionProvider").run
+        )  # fmt: skip
+    loaders["onnx_tensorrt"] = (
+        fp32,
+        lambda: ort_gpu_predictor(
+            fp32, "TensorrtExecutionProvider", opt_batch=v.latency.throughput_batch,
+            max_batch=biggest,
+        ).run,
+    )  # fmt: skip
+    found: dict[str, Candidate] = {}
+    skipped: dict[str, str] = {}
+    for name, (path, load) in loaders.items():
+        try:
+            predict = load()
+        except GpuUnavailable as exc:
+            if mode == "require":
+                raise GpuUnavailable(
+                    f"validate.gpu_backends is 'require' and {name} ({GPU_BACKENDS[name]}) "
+                    f"cannot run: {exc}"
+                ) from exc
+            skipped[name] = str(exc)
+            log.debug("%s skipped: %s", name, exc)
+            continue
+        found[name] = Candidate(GPU_BACKENDS[name], path, lambda t, p=predict: p, gpu=True)
+    if skipped:  # expected on a CPU machine (gpu_backends: auto): one line, reasons recorded
+        log.info(
+            "GPU back ends not measured here: %s (why: validation.json and the report; "
+            "validate.gpu_backends=off leaves them out)",
+            ", ".join(skipped),
+        )
+    return found, skipped
 
 
 def check_gates(cfg: PipelineConfig, artefacts: dict[str, dict]) -> list[dict]:
@@ -185,28 +295,41 @@ def run(
         torch.set_num_threads(threads)
         return torch_predictor(model)
 
-    candidates = {"torch": ("torch eager fp32", prune.path("classifier.safetensors"), torch_with)}
+    weights = prune.path("classifier.safetensors")
+    candidates = {"torch": Candidate("torch eager fp32", weights, torch_with)}
     for name, rel in export.extra["artefacts"].items():
         path = export.path(rel)
         if path.suffix == ".engine":  # TensorRT: `t` (CPU threads) does not apply
-            candidates[name] = (backend_name(name), path, lambda t, path=path: _engine(path))
+            engine = _cached(lambda path=path: _engine(path))
+            candidates[name] = Candidate(backend_name(name), path, lambda t, e=engine: e(), True)
         else:
-            candidates[name] = (
+            candidates[name] = Candidate(
                 backend_name(name), path, lambda t, path=path: OrtPredictor(path, threads=t).run
             )  # fmt: skip
+    on_gpu, skipped = gpu_candidates(cfg, export, model, weights)
+    candidates |= on_gpu
     artefacts: dict[str, dict] = {}
     preds: dict[str, np.ndarray] = {"labels": ys}
-    for name, (backend, path, make) in candidates.items():
+    for name, (backend, path, make, gpu) in candidates.items():
         log.info("validating %s (%s) on %d test images", name, backend, len(xs))
+        if gpu:  # the host side of GPU rows runs with the stage's thread count
+            torch.set_num_threads(all_threads)
         scored, pred, conf = score(make(all_threads), xs, ys, cfg)
-        artefacts[name] = {"backend": backend, "file": str(path), **scored}
+        artefacts[name] = {
+            "backend": backend,
+            "device": "cuda" if gpu else "cpu",
+            "file": str(path),
+        }
+        artefacts[name] |= scored
         artefacts[name]["bytes"] = Path(path).stat().st_size
         preds[f"pred_{name}"], preds[f"conf_{name}"] = pred, conf
         if name == "torch":
             worst = mistakes(xs, ys, pred, conf, spec["preset"], cfg.validate_.mistakes)
             np.savez_compressed(out_dir / "mistakes.npz", **worst)
         if cfg.validate_.sweep.enabled:
-            artefacts[name]["sweep"] = sweep(make, xs, cfg, all_threads)
+            # GPU rows: CPU threads do not apply, one pass recorded at the stage's thread count
+            once = [all_threads] if gpu else None
+            artefacts[name]["sweep"] = sweep(make, xs, cfg, all_threads, threads=once)
     torch.set_num_threads(all_threads)
     np.savez_compressed(out_dir / "predictions.npz", **preds)
     gates = check_gates(cfg, artefacts)
@@ -214,10 +337,12 @@ def run(
         "threads": all_threads,
         "test_samples": len(xs),
         "classes": spec["classes"],
-        "timing": timing_method(cfg),
+        "timing": timing_method(cfg, gpu=any(c.gpu for c in candidates.values())),
         "artefacts": artefacts,
         "gates": gates,
     }
+    if skipped:
+        metrics["skipped"] = skipped
     write_json_atomic(out_dir / "validation.json", metrics)
     failed = [g for g in gates if not g["passed"]]
     if failed:
@@ -238,7 +363,19 @@ def _engine(path: Path):
     return TrtPredictor(path).run
 
 
-def timing_method(cfg: PipelineConfig) -> str:
+def _cached(load: Callable[[], Callable]) -> Callable[[], Callable]:
+    """`load()` once: an engine is deserialized once for the score and the sweep."""
+    held: list[Callable] = []
+
+    def get() -> Callable:
+        if not held:
+            held.append(load())
+        return held[0]
+
+    return get
+
+
+def timing_method(cfg: PipelineConfig, gpu: bool = False) -> str:
     lat, sw = cfg.validate_.latency, cfg.validate_.sweep
     text = (
         f"Wall-clock time of single calls (time.perf_counter) on preprocessed float32 NCHW "
@@ -251,5 +388,11 @@ def timing_method(cfg: PipelineConfig) -> str:
             f" Sweep: each point {sw.min_runs} timed calls or {sw.max_seconds:g} s, whichever "
             f"comes first (at least 5), after {sw.warmup} warm-up calls; images/s = batch / "
             "mean call time."
+        )
+    if gpu:
+        text += (
+            " GPU rows: from the float32 batch in host memory to the logits in host memory, "
+            "the copies to and from the GPU included (each call waits for the GPU); CPU "
+            "threads do not apply, so their sweep has one pass."
         )
     return text

@@ -214,3 +214,104 @@ def test_triton_with_preprocessing_takes_pixels_and_matches_the_server_path(tmp_
     np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-6)
     assert not (tmp_path / "repo" / ".tiny.partial").exists()
+
+
+# ---------------------------------------------------------------- Triton: TensorRT engines
+
+
+@needs_triton
+def test_triton_packages_an_engine_as_a_tensorrt_plan(tmp_path):
+    from export.triton import read_config, write_repository
+    from tests.tiny_onnx import ENGINE_TENSORRT, fake_engine
+
+    engine = fake_engine(tmp_path / "model.fp16.engine")
+    d = write_repository(engine, tmp_path / "repo", name="tiny_trt", kind="gpu", instances=2)
+    assert (d / "1" / "model.plan").read_bytes() == engine.read_bytes()
+    assert not (d / "1" / "model.onnx").exists()
+    assert json.loads((d / "engine.json").read_text())["tensorrt"] == ENGINE_TENSORRT
+    assert (d / "labels.txt").read_text().split() == CLASSES
+    cfg = read_config(d)  # Triton's own schema
+    assert cfg.platform == "tensorrt_plan" and cfg.name == "tiny_trt"
+    assert cfg.max_batch_size == 16  # the engine profile's max batch
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [8, 16]
+    assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
+        ("input", [3, SIZE, SIZE], 11)  # TYPE_FP32
+    ]
+    assert [(o.name, list(o.dims), o.label_filename) for o in cfg.output] == [
+        ("logits", [len(CLASSES)], "labels.txt")
+    ]
+    group = cfg.instance_group[0]
+    assert group.count == 2 and group.kind == 1  # KIND_GPU
+    warm = cfg.model_warmup[0]
+    assert warm.batch_size == 1 and warm.inputs["input"].zero_data
+    assert list(warm.inputs["input"].dims) == [3, SIZE, SIZE]
+    assert cfg.parameters["engine_tensorrt"].string_value == ENGINE_TENSORRT
+    assert cfg.parameters["engine_gpu"].string_value.startswith("NVIDIA H100")
+    assert json.loads(cfg.parameters["mean"].string_value) == [0.5, 0.5, 0.5]
+    assert not cfg.HasField("optimization")  # no ONNX Runtime accelerator on a plan
+    # a smaller max batch than the profile's is allowed
+    d = write_repository(engine, tmp_path / "repo", name="small", max_batch_size=8, kind="gpu")
+    assert read_config(d).max_batch_size == 8
+
+
+@needs_triton
+def test_triton_engine_refusals_name_the_fix(tmp_path, tiny_model):
+    from export.triton import write_repository
+    from pipeline.errors import ArtefactError
+    from tests.tiny_onnx import fake_engine
+
+    engine = fake_engine(tmp_path / "model.fp16.engine")
+    repo = tmp_path / "repo"
+    with pytest.raises(ConfigError, match="GPU instances only"):
+        write_repository(engine, repo, kind="cpu")
+    with pytest.raises(ConfigError, match="already a TensorRT engine"):
+        write_repository(engine, repo, kind="gpu", tensorrt="fp16")
+    with pytest.raises(ConfigError, match="edits the ONNX graph"):
+        write_repository(engine, repo, kind="gpu", preprocessing=True)
+    with pytest.raises(ConfigError, match="over model.fp16.engine's profile max batch 16"):
+        write_repository(engine, repo, kind="gpu", max_batch_size=32)
+    starts_at_4 = fake_engine(tmp_path / "b.engine", profile={"min": 4, "opt": 8, "max": 16})
+    with pytest.raises(ConfigError, match="min batch of 1"):
+        write_repository(starts_at_4, repo, kind="gpu")
+    old = fake_engine(tmp_path / "old.engine", inputs=None, outputs=None)
+    with pytest.raises(ArtefactError, match="holds no tensor names.*rebuild"):
+        write_repository(old, repo, kind="gpu")
+    bare = tmp_path / "bare.engine"
+    bare.write_bytes(b"x")
+    with pytest.raises(ArtefactError, match="no record bare.json"):
+        write_repository(bare, repo, kind="gpu")
+    assert not repo.exists() or not any(repo.iterdir())  # nothing half-written
+
+
+@needs_triton
+def test_triton_cli_packages_the_runs_engine_and_checks_its_hash(tmp_path, tiny_model):
+    from export.triton import read_config
+    from pipeline.__main__ import main
+
+    run = fake_run(tmp_path, tiny_model, engine=True)
+    out = tmp_path / "repo"
+    args = ["triton", str(run), "--artefact", "tensorrt_fp16", "--out", str(out)]
+    assert main([*args, "--name", "trt"]) == 0
+    assert read_config(out / "trt").platform == "tensorrt_plan"
+    assert main([*args, "--name", "cpu", "--kind", "cpu"]) == 2  # an engine runs on GPUs only
+    engine = run / "04_export" / "model.fp16.engine"
+    assert main(["triton", str(engine), "--out", str(out), "--name", "direct"]) == 0
+    engine.write_bytes(b"tampered")
+    assert main([*args, "--name", "again"]) == 8  # not what the export stage made
+    assert not (out / "again").exists()
+
+
+def test_engine_record_names_tensor_types_as_numpy_does():
+    from types import SimpleNamespace
+
+    from export.tensorrt import tensor_records
+
+    trt = SimpleNamespace(float32="DataType.FLOAT", float16="DataType.HALF")
+    tensors = [
+        SimpleNamespace(name="input", dtype="DataType.HALF", shape=(-1, 3, SIZE, SIZE)),
+        SimpleNamespace(name="logits", dtype="DataType.FP8", shape=(-1, 4)),
+    ]
+    assert tensor_records(trt, tensors) == [
+        {"name": "input", "dtype": "float16", "shape": [-1, 3, SIZE, SIZE]},
+        {"name": "logits", "dtype": "fp8", "shape": [-1, 4]},  # Triton has no type: refused there
+    ]

@@ -1,5 +1,6 @@
 """The export stage: TensorRT formats are skipped with their reason where no GPU or TensorRT
-is, unless export.require_gpu asks for them; the report says why."""
+is, unless export.require_gpu asks for them; so are validation's GPU back ends; the report
+says why."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ def test_tensorrt_formats_are_skipped_with_the_reason_on_a_cpu(tiny_overrides) -
     assert set(skipped) == {"tensorrt_fp16", "tensorrt_int8"}
     assert all("CUDA GPU" in why or "tensorrt" in why for why in skipped.values())
     assert set(manifests["validate"].metrics["artefacts"]) == {"torch", "onnx", "onnx_int8"}
+    # the GPU back ends of validation: not errors on a CPU, rows skipped with the reason
+    gpu_skipped = manifests["validate"].metrics["skipped"]
+    assert {"torch_cuda", "onnx_cuda", "onnx_tensorrt"} <= set(gpu_skipped)
+    assert all(why for why in gpu_skipped.values())
     cfg = load_config(None, sets)
-    assert "skipped because" in (cfg.run_path / "report.md").read_text()
+    report = (cfg.run_path / "report.md").read_text()
+    assert "skipped because" in report
+    assert "GPU back ends not measured" in report and "| onnx_tensorrt |" in report
     with pytest.raises(GpuUnavailable):
         run_pipeline(load_config(None, [*sets, "export.require_gpu=true"]), from_stage="export")
