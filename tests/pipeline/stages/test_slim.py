@@ -224,3 +224,22 @@ def test_ce_recovery_drops_the_self_teacher(tiny_overrides, one_thread):
     manifests = run_pipeline(cfg, only="prune")
     assert manifests["slim"].metrics["recovery"]["params_aux"] == 0
     assert manifests["prune"].metrics["params_removed"] == 0
+
+
+def test_unreachable_latency_budget_stops_with_the_closest_and_keeps_the_trained_model(
+    tiny_overrides, one_thread
+):
+    """Measured with ONNX Runtime at every step; the error names the best latency reached, and
+    the finished train stage stays for the next attempt."""
+    from pipeline.runner import run_pipeline
+
+    sets = [*tiny_overrides, "train.epochs=1", "slim.latency_ms=1e-6", "slim.max_ratio=0.1",
+            "validate.latency.iters=10", "validate.latency.warmup=1"]  # fmt: skip
+    cfg = load_config(None, sets)
+    run_pipeline(cfg, only="train")
+    with pytest.raises(ConfigError, match=r"slim\.latency_ms=1e-06 ms cannot be reached.*at best"):
+        run_pipeline(cfg)
+    assert (cfg.run_path / "01_train" / "manifest.json").is_file()
+    assert run_pipeline(cfg.model_copy(update={"slim": SlimConfig()}), only="slim")[
+        "slim"
+    ].metrics == {"slimmed": False}
