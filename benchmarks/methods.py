@@ -1,13 +1,17 @@
-"""Side-by-side method benchmark: `ce`, `frskd`, `ama` and ablations of `ama`, same data, schedule and seeds.
+"""Side-by-side method benchmark: `ce`, `ls`, `cskd`, `pskd`, `frskd`, `ama` and ablations of `ama`, same data, schedule and seeds.
 
-Every variant is trained through the pipeline's own train stage (so results are cached per
-variant and seed: an interrupted benchmark resumes where it stopped), then judged on the test
-split at the last epoch. Prints and writes a table of mean and std test top-1, the gain over
-`ce` (paired by seed), and epoch time with its ratio to `ce`.
+Every variant is trained through the pipeline's own train stage, so results are cached per
+variant and seed: a finished (variant, seed) run is reused as it is and an interrupted one
+resumes from its last checkpoint when the same command runs again. Each run is judged at the
+last epoch: on the test split (`--protocol test`), or on the 45,000 CIFAR-10 train images it
+did not train on (`--protocol precise`). Prints and writes (JSON and Markdown) a table of
+per-seed values, mean and std, the gain over each baseline paired by seed with its 95% Student-t
+interval over seeds (marked where it excludes zero), and epoch time with its ratio to `ce`.
 
     python benchmarks/methods.py --data imagefolder --root ../shared/datasets/cifar10-small \
         --model resnet18 --width 0.125 --epochs 15 --seeds 0 1 2 \
         --ablate train.distill.mask=hard train.distill.ratio=confidence
+    python benchmarks/methods.py --protocol precise --width 0.25 --epochs 40 --seeds 0 1 2 --jobs 2
 """
 
 from __future__ import annotations
@@ -15,27 +19,73 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import statistics
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from pipeline import stages  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+
+log = logging.getLogger("bench.methods")
+
+METHODS = ["ce", "ls", "cskd", "pskd", "frskd", "ama"]
+BASELINES = ["ce", "ls", "frskd"]
+FULL_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-full"
+# The precise protocol (../shared/datasets/cifar10-full/README.md): 500 train images per class,
+# judged on the other 4,500 per class. Validation runs once, after the last epoch.
+PRECISE = [
+    "data.name=imagefolder",
+    "data.val_fraction=0.9",
+    "data.max_per_class=500",
+    "train.val_every_epochs=null",
+]
+METRIC = {"test": "test_top1", "precise": "val_top1"}
+KEPT = (
+    "test_top1",
+    "test_aux_top1",
+    "val_top1",
+    "train_top1",
+    "epoch_s",
+    "images_per_s",
+    "train_s",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", default="imagefolder", help="data.name")
-    p.add_argument("--root", default=str(REPO.parent / "shared" / "datasets" / "cifar10-small"))
+    p.add_argument(
+        "--protocol",
+        choices=sorted(METRIC),
+        default="test",
+        help="test: judge on the data set's test split; precise: train on 500 images per "
+        "class of --full-root and judge on the 45,000 train images the run did not train on",
+    )
+    p.add_argument("--data", default="imagefolder", help="data.name (protocol test)")
+    p.add_argument(
+        "--root",
+        default=str(REPO.parent / "shared" / "datasets" / "cifar10-small"),
+        help="data.root (protocol test)",
+    )
+    p.add_argument("--full-root", type=Path, default=FULL_ROOT, help="data.root (protocol precise)")
     p.add_argument("--model", default="resnet18")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=["ce", "frskd", "ama"])
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument(
+        "--baselines",
+        nargs="+",
+        default=BASELINES,
+        help="paired gains are reported against each of these that was run",
+    )
     p.add_argument(
         "--ablate",
         nargs="*",
@@ -46,8 +96,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override for every run"
     )
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "methods")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training processes side by side, each single-threaded; 1 trains in this process "
+        "with torch's default threads",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results/methods or methods-precise)",
+    )
+    args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    if args.out is None:
+        name = "methods-precise" if args.protocol == "precise" else "methods"
+        args.out = REPO / "benchmarks" / "results" / name
+    return args
 
 
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -61,7 +129,6 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
 
 def base_overrides(args: argparse.Namespace) -> list[str]:
     o = [
-        f"data.name={args.data}",
         f"model.name={args.model}",
         f"model.width={args.width}",
         f"train.epochs={args.epochs}",
@@ -69,72 +136,200 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         "train.schedule=cosine",
         f"run_dir={args.out / 'runs'}",
     ]
-    if args.data != "digits":
-        o.append(f"data.root={args.root}")
+    if args.protocol == "precise":
+        o += [*PRECISE, f"data.root={args.full_root}"]
+    else:
+        o.append(f"data.name={args.data}")
+        if args.data != "digits":
+            o.append(f"data.root={args.root}")
     return o + args.overrides
 
 
+def _kept(metrics: dict, data: dict) -> dict:
+    sizes = data.get("sizes", {})
+    return {
+        **{k: metrics.get(k) for k in KEPT},
+        "n_train": sizes.get("train"),
+        "n_val": sizes.get("val"),
+        "n_test": sizes.get("test"),
+    }
+
+
 def train_one(overrides: list[str], name: str) -> dict:
+    """In this process (a finished run with the same settings is reused, not retrained)."""
+    from pipeline.runner import run_pipeline
+
     cfg = load_config(None, [*overrides, f"name={name}"])
-    m = run_pipeline(cfg, only="train")["train"].metrics
-    keys = (
-        "test_top1",
-        "test_aux_top1",
-        "val_top1",
-        "train_top1",
-        "epoch_s",
-        "images_per_s",
-        "train_s",
-    )
-    return {k: m.get(k) for k in keys}
+    m = run_pipeline(cfg, only="train")["train"]
+    return _kept(m.metrics, m.data)
 
 
-def summarise(results: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+def child_env() -> dict[str, str]:
+    """One thread per training process: torch's intra-op pool follows OMP_NUM_THREADS."""
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def train_in_child(overrides: list[str], name: str, empty_config: Path) -> dict:
+    """In a single-threaded `python -m pipeline run --only train` (the same caching and resume)."""
+    sets = sum((["--set", o] for o in [*overrides, f"name={name}"]), [])
+    cmd = [sys.executable, "-m", "pipeline", "run", str(empty_config), "--only", "train", *sets]
+    log.info("start %s", name)
+    res = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, cwd=REPO)
+    if res.returncode != 0:
+        raise RuntimeError(f"run {name} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+    cfg = load_config(None, [*overrides, f"name={name}"])
+    manifest = json.loads((stages.folder(cfg.run_path, "train") / "manifest.json").read_text())
+    log.info("done %s", name)
+    return _kept(manifest["metrics"], manifest.get("data", {}))
+
+
+def run_name(tag: str, seed: int) -> str:
+    safe = tag.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-")
+    return f"{safe}-s{seed}"
+
+
+def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
+    base = base_overrides(args)
+    # Seed-major order: an interrupted benchmark still has every variant at the first seeds.
+    tasks = [
+        (tag, seed, [*base, *sets, f"train.seed={seed}"])
+        for seed in args.seeds
+        for tag, sets in variants(args).items()
+    ]
+    results: dict[str, dict[int, dict]] = {tag: {} for tag in variants(args)}
+    if args.jobs == 1:
+        for tag, seed, overrides in tasks:
+            results[tag][seed] = train_one(overrides, run_name(tag, seed))
+        return results
+    empty = args.out / "empty.yaml"
+    empty.write_text("{}\n")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            (tag, seed): pool.submit(train_in_child, overrides, run_name(tag, seed), empty)
+            for tag, seed, overrides in tasks
+        }
+        for (tag, seed), fut in futures.items():
+            results[tag][seed] = fut.result()
+    return results
+
+
+# statistics ----------------------------------------------------------------------------------
+
+
+def t_interval(diffs: list[float], confidence: float = 0.95) -> dict:
+    """Mean of paired differences and its Student-t interval over them (n - 1 degrees of
+    freedom); with one difference there is no interval."""
+    from scipy import stats
+
+    n = len(diffs)
+    mean = statistics.mean(diffs)
+    if n < 2:
+        return {
+            "n": n,
+            "mean": mean,
+            "std": None,
+            "low": None,
+            "high": None,
+            "excludes_zero": False,
+        }
+    sd = statistics.stdev(diffs)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+    low, high = mean - half, mean + half
+    return {
+        "n": n,
+        "mean": mean,
+        "std": sd,
+        "low": low,
+        "high": high,
+        "excludes_zero": low > 0 or high < 0,
+    }
+
+
+def paired_gain(values: dict[int, float], base: dict[int, float]) -> dict | None:
+    """values - base over the seeds both have, with the t-interval of the mean difference."""
+    seeds = sorted(set(values) & set(base))
+    if not seeds:
+        return None
+    return {"seeds": seeds, **t_interval([values[s] - base[s] for s in seeds])}
+
+
+def summarise(
+    results: dict[str, dict[int, dict]],
+    seeds: list[int],
+    metric: str = "test_top1",
+    baselines: list[str] = BASELINES,
+) -> list[dict]:
     ce = results.get("ce", {})
     ce_epoch = statistics.mean(r["epoch_s"] for r in ce.values()) if ce else None
+    judged = {
+        tag: {s: per_seed[s][metric] for s in seeds if s in per_seed}
+        for tag, per_seed in results.items()
+    }
     rows = []
     for tag, per_seed in results.items():
-        accs = [per_seed[s]["test_top1"] for s in seeds if s in per_seed]
+        accs = [judged[tag][s] for s in seeds if s in judged[tag]]
         epoch = statistics.mean(per_seed[s]["epoch_s"] for s in seeds if s in per_seed)
-        gains = [
-            per_seed[s]["test_top1"] - ce[s]["test_top1"]
-            for s in seeds
-            if s in per_seed and s in ce
-        ]
+        gains = {
+            b: paired_gain(judged[tag], judged[b])
+            for b in baselines
+            if b in judged and b != tag and judged[b]
+        }
         rows.append(
             {
                 "variant": tag,
+                "metric": metric,
                 "seeds": len(accs),
-                "top1_mean": statistics.mean(accs),
-                "top1_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                "gain_vs_ce_mean": statistics.mean(gains) if gains else None,
-                "gain_vs_ce_std": statistics.stdev(gains) if len(gains) > 1 else None,
+                "per_seed": dict(zip([s for s in seeds if s in per_seed], accs, strict=True)),
+                "mean": statistics.mean(accs),
+                "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                "gains": gains,
                 "epoch_s": epoch,
                 "epoch_ratio_vs_ce": epoch / ce_epoch if ce_epoch else None,
-                "per_seed_top1": accs,
             }
         )
     return rows
 
 
-def markdown(rows: list[dict], header: str) -> str:
+def _gain_cell(g: dict | None) -> str:
+    if g is None:
+        return "—"
+    if g["low"] is None:
+        return f"{100 * g['mean']:+.2f} (1 seed)"
+    text = f"{100 * g['mean']:+.2f} [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}]"
+    return f"**{text}**" if g["excludes_zero"] else text
+
+
+def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) -> str:
     lines = [
         header,
         "",
-        "| variant | seeds | test top-1 (mean ± std) | gain vs ce (paired, mean ± std) | epoch s | ratio vs ce |",
+        "| variant | seeds | per seed | mean ± std | epoch s | ratio vs ce |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        gain = (
-            "—"
-            if r["gain_vs_ce_mean"] is None or r["variant"] == "ce"
-            else f"{100 * r['gain_vs_ce_mean']:+.2f} ± {100 * (r['gain_vs_ce_std'] or 0):.2f}"
-        )
+        per_seed = ", ".join(f"{100 * v:.2f}" for v in r["per_seed"].values())
         ratio = "—" if r["epoch_ratio_vs_ce"] is None else f"{r['epoch_ratio_vs_ce']:.2f}x"
         lines.append(
-            f"| {r['variant']} | {r['seeds']} | {100 * r['top1_mean']:.2f} ± {100 * r['top1_std']:.2f} | "
-            f"{gain} | {r['epoch_s']:.1f} | {ratio} |"
+            f"| {r['variant']} | {r['seeds']} | {per_seed} | {100 * r['mean']:.2f} ± "
+            f"{100 * r['std']:.2f} | {r['epoch_s']:.1f} | {ratio} |"
         )
+    shown = [b for b in baselines if any(b in r["gains"] for r in rows)]
+    if shown:
+        lines += [
+            "",
+            "Paired gain in points, mean over seeds [95% Student-t interval over seeds]; "
+            "**bold**: the interval excludes zero.",
+            "",
+            "| variant | " + " | ".join(f"vs {b}" for b in shown) + " |",
+            "|---|" + "---|" * len(shown),
+        ]
+        for r in rows:
+            cells = [_gain_cell(r["gains"].get(b)) for b in shown]
+            lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,31 +339,44 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
+    if args.protocol == "precise" and not (args.full_root / "train").is_dir():
+        print(
+            f"skipped: the precise protocol needs CIFAR-10 in ImageFolder layout at "
+            f"{args.full_root} (train/<class>/*); it is not there. Pass --full-root."
+        )
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    base = base_overrides(args)
-    results: dict[str, dict[int, dict]] = {}
-    # Seed-major order: an interrupted benchmark still has every variant at the first seeds.
-    for seed in args.seeds:
-        for tag, sets in variants(args).items():
-            safe = tag.replace("[", "_").replace("]", "").replace(",", "_").replace("=", "-")
-            results.setdefault(tag, {})[seed] = train_one(
-                [*base, *sets, f"train.seed={seed}"], f"{safe}-s{seed}"
-            )
-    rows = summarise(results, args.seeds)
+    results = run_all(args)
+    metric = METRIC[args.protocol]
+    rows = summarise(results, args.seeds, metric, args.baselines)
     train_min = (
         sum(r.get("train_s") or 0.0 for per_seed in results.values() for r in per_seed.values())
         / 60
     )
+    first = next(iter(next(iter(results.values())).values()))
+    if args.protocol == "precise":
+        judged = (
+            f"Last-epoch top-1 (%) on the {first['n_val']:,} validation images the runs did not "
+            f"train on ({first['n_train']:,} train images, {args.full_root.name})"
+        )
+    else:
+        judged = f"Last-epoch test top-1 (%) on {first['n_test']:,} test images"
     header = (
-        f"# Method benchmark: {args.model} width {args.width}, data {args.data}, {args.epochs} epochs, "
-        f"batch {args.batch}, seeds {args.seeds}\n\nLast-epoch test top-1 (%), paired gain over `ce` "
-        f"by seed; epoch time in seconds. Training time of all runs: {train_min:.1f} min."
+        f"# Method benchmark ({args.protocol} protocol): {args.model} width {args.width}, "
+        f"{args.epochs} epochs, batch {args.batch}, seeds {args.seeds}\n\n{judged}; epoch time in "
+        f"seconds{' (' + str(args.jobs) + ' single-threaded runs side by side)' if args.jobs > 1 else ''}. "
+        f"Training time of all runs: {train_min:.1f} min."
     )
-    md = markdown(rows, header)
+    md = markdown(rows, header, args.baselines)
     (args.out / "table.md").write_text(md)
     (args.out / "table.json").write_text(
         json.dumps(
-            {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "runs": results},
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "metric": metric,
+                "rows": rows,
+                "runs": results,
+            },
             indent=2,
         )
     )

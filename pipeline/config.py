@@ -108,8 +108,44 @@ class ModelConfig(Strict):
         return v
 
 
+class LabelSmoothingConfig(Strict):
+    """`ls`: Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR
+    2016, section 7 (label-smoothing regularisation)."""
+
+    smoothing: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="epsilon: CE against (1 - epsilon) one-hot + epsilon / K; the paper's 0.1",
+    )
+
+
+class CSKDConfig(Strict):
+    """`cskd`: Yun et al., "Regularizing Class-wise Predictions via Self-knowledge
+    Distillation", CVPR 2020; the paper's defaults T = 4, lambda_cls = 1."""
+
+    temperature: float = Field(4.0, gt=0.0, description="T of the class-wise KL term")
+    lambda_cls: float = Field(
+        1.0, ge=0.0, description="weight of T^2 KL(p(x'; T) detached || p(x; T)), x' same class"
+    )
+
+
+class PSKDConfig(Strict):
+    """`pskd`: Kim et al., "Self-Knowledge Distillation with Progressive Refinement of
+    Targets", ICCV 2021; the paper's default alpha_T = 0.8."""
+
+    alpha_final: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="alpha_T: the weight of last epoch's own prediction in the target at the "
+        "last epoch; epoch t (1-based) of T uses alpha_final * t / T",
+    )
+
+
 class DistillConfig(Strict):
-    """METHOD.md section 5 defaults."""
+    """METHOD.md section 5 defaults (`frskd`, `ama`); the comparators' settings in their own
+    sections (`ls`, `cskd`, `pskd`)."""
 
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(2.0, ge=0.0, description="weight of the KL term (times T^2)")
@@ -121,6 +157,15 @@ class DistillConfig(Strict):
     ratio_invert: bool = False
     mix_warmup_epochs: int | None = Field(
         None, ge=0, description="epochs without L_mix; None scales 5 of 200 with the schedule"
+    )
+    ls: LabelSmoothingConfig = Field(
+        LabelSmoothingConfig(), description="label smoothing (method `ls`)"
+    )
+    cskd: CSKDConfig = Field(
+        CSKDConfig(), description="class-wise self-knowledge distillation (method `cskd`)"
+    )
+    pskd: PSKDConfig = Field(
+        PSKDConfig(), description="progressive self-knowledge distillation (method `pskd`)"
     )
 
 
@@ -161,6 +206,12 @@ class TrainConfig(Strict):
         "released when training ends",
     )
     deterministic: bool = Field(False, description="deterministic kernels and seeded data workers")
+    val_every_epochs: int | None = Field(
+        1,
+        ge=1,
+        description="validate every N epochs, and always after the last; None = after the last "
+        "only (for a large validation split that only the final figure needs)",
+    )
     checkpoint_every_epochs: int | None = Field(1, ge=1, description="None = no epoch checkpoints")
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="optimizer steps; None = off"

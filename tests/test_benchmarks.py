@@ -36,14 +36,81 @@ def test_summary_pairs_gains_by_seed(methods):
         "ce": {0: {"test_top1": 0.50, "epoch_s": 10.0}, 1: {"test_top1": 0.60, "epoch_s": 10.0}},
         "ama": {0: {"test_top1": 0.55, "epoch_s": 25.0}, 1: {"test_top1": 0.61, "epoch_s": 15.0}},
     }
-    rows = {r["variant"]: r for r in methods.summarise(res, [0, 1])}
-    assert rows["ama"]["gain_vs_ce_mean"] == pytest.approx(0.03)
-    assert rows["ama"]["gain_vs_ce_std"] == pytest.approx(0.0282843, rel=1e-4)
+    rows = {r["variant"]: r for r in methods.summarise(res, [0, 1], baselines=["ce", "ls"])}
+    gain = rows["ama"]["gains"]["ce"]
+    assert gain["mean"] == pytest.approx(0.03) and gain["seeds"] == [0, 1]
+    assert gain["std"] == pytest.approx(0.0282843, rel=1e-4)
+    assert "ls" not in rows["ama"]["gains"]  # not run: no column
+    assert rows["ce"]["gains"] == {}
     assert rows["ama"]["epoch_ratio_vs_ce"] == pytest.approx(2.0)
-    assert rows["ce"]["top1_std"] == pytest.approx(0.0707107, rel=1e-4)
-    assert "| ama | 2 | 58.00 ± 4.24 | +3.00 ± 2.83 | 20.0 | 2.00x |" in methods.markdown(
-        list(rows.values()), "#"
-    )
+    assert rows["ce"]["std"] == pytest.approx(0.0707107, rel=1e-4)
+    md = methods.markdown(list(rows.values()), "#", ["ce", "ls"])
+    assert "| ama | 2 | 55.00, 61.00 | 58.00 ± 4.24 | 20.0 | 2.00x |" in md
+    # two seeds: t(0.975, 1) = 12.706, half-width 12.706 * 0.0282843 / sqrt(2) = 0.2541
+    assert "| ama | +3.00 [-22.41, +28.41] |" in md and "vs ls" not in md
+
+
+def test_paired_gain_t_interval_matches_the_table_values(methods):
+    """Differences 1, 2, 3 points: mean 2, sd 1, t(0.975, 2) = 4.303 -> 2 +- 2.484, which
+    includes zero; 2, 3, 4, 3 points: mean 3, sd 0.8165, t(0.975, 3) = 3.182 -> 3 +- 1.299."""
+    wide = methods.paired_gain({0: 0.51, 1: 0.62, 2: 0.73}, {0: 0.50, 1: 0.60, 2: 0.70})
+    assert wide["mean"] == pytest.approx(0.02) and wide["std"] == pytest.approx(0.01)
+    assert wide["high"] - wide["mean"] == pytest.approx(4.303 * 0.01 / 3**0.5, rel=1e-3)
+    assert wide["low"] < 0 < wide["high"] and not wide["excludes_zero"]
+    base = {0: 0.40, 1: 0.50, 2: 0.45, 3: 0.55}
+    narrow = methods.paired_gain({0: 0.42, 1: 0.53, 2: 0.49, 3: 0.58, 9: 0.99}, base)
+    assert narrow["seeds"] == [0, 1, 2, 3]  # paired: seed 9 has no baseline
+    assert narrow["mean"] == pytest.approx(0.03)
+    assert narrow["low"] == pytest.approx(0.03 - 3.182 * (0.0002 / 3) ** 0.5 / 2, rel=1e-3)
+    assert narrow["excludes_zero"] and narrow["low"] > 0
+    worse = methods.paired_gain(base, {s: v + 0.03 for s, v in base.items()} | {1: 0.52})
+    assert worse["high"] < 0 and worse["excludes_zero"]
+    one = methods.paired_gain({0: 0.6}, {0: 0.5})
+    assert one["mean"] == pytest.approx(0.1) and one["low"] is None and not one["excludes_zero"]
+    assert methods.paired_gain({0: 0.6}, {1: 0.5}) is None
+    md = methods.markdown(
+        [{"variant": "ama", "seeds": 4, "per_seed": {0: 0.42}, "mean": 0.5, "std": 0.0,
+          "epoch_s": 1.0, "epoch_ratio_vs_ce": None, "gains": {"ce": narrow, "ls": wide}}],
+        "#", ["ce", "ls"],
+    )  # fmt: skip
+    assert "| ama | **+3.00 [+1.70, +4.30]** | +2.00 [-0.48, +4.48] |" in md
+
+
+def test_precise_protocol_trains_on_500_per_class_and_judges_validation(methods, tmp_path):
+    args = methods.parse_args(["--protocol", "precise", "--full-root", str(tmp_path)])
+    o = methods.base_overrides(args)
+    assert {"data.val_fraction=0.9", "data.max_per_class=500", f"data.root={tmp_path}"} <= set(o)
+    assert "train.val_every_epochs=null" in o and methods.METRIC["precise"] == "val_top1"
+    assert args.out.name == "methods-precise"
+
+
+def test_precise_protocol_skips_cleanly_without_the_data(methods, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--protocol", "precise", "--full-root", str(tmp_path / "absent"), "--out", str(out)]
+    assert methods.main(argv) == 0
+    assert "skipped" in capsys.readouterr().out and not out.exists()
+
+
+def test_side_by_side_jobs_write_tables_and_reuse_finished_runs(methods, tmp_path):
+    """Two single-threaded children; the same command again retrains nothing."""
+    import json
+
+    out = tmp_path / "bench"
+    argv = [
+        "--data", "digits", "--width", "0.125", "--epochs", "1", "--batch", "32",
+        "--methods", "ce", "ls", "--seeds", "0", "--jobs", "2", "--out", str(out),
+        "--set", "data.max_per_class=10", "--set", "train.checkpoint_every_epochs=null",
+    ]  # fmt: skip
+    assert methods.main(argv) == 0
+    manifests = sorted(out.glob("runs/*/01_train/manifest.json"))
+    assert [p.parts[-3] for p in manifests] == ["ce-s0", "ls-s0"]
+    ended = [json.loads(p.read_text())["ended"] for p in manifests]
+    table = json.loads((out / "table.json").read_text())
+    assert [r["variant"] for r in table["rows"]] == ["ce", "ls"] and table["metric"] == "test_top1"
+    assert "ce" in table["rows"][1]["gains"] and "| ls |" in (out / "table.md").read_text()
+    assert methods.main(argv) == 0
+    assert [json.loads(p.read_text())["ended"] for p in manifests] == ended  # reused
+    assert json.loads((out / "table.json").read_text())["runs"] == table["runs"]
 
 
 def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):

@@ -105,6 +105,46 @@ class Transformed(Dataset):
         return torch.stack([self[i][0] for i in range(n)])
 
 
+class SampleExtras(Dataset):
+    """A view that yields (image, label, extras) for methods that read more than the image.
+
+    `index`: extras["index"] is the sample's position in `base` (for per-sample state).
+    `pair`: extras["pair"] is another sample of the same class, drawn uniformly from the
+    class's other members (the sample itself only when it is its class's one member), through
+    `base`, so with its own augmentation. The draw uses torch's global RNG, like the
+    augmentation: seeded per sample under `SeededSamples`, per worker otherwise. Being a draw
+    per sample, it works with any sampler and with each process's shard.
+    """
+
+    def __init__(self, base: Dataset, *, index: bool = False, pair: bool = False) -> None:
+        self.base = base
+        self.index = index
+        self.pair = pair
+        self.members: dict[int, np.ndarray] = {}
+        if pair:
+            labels = np.asarray(base.labels)
+            self.members = {int(c): np.flatnonzero(labels == c) for c in np.unique(labels)}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def partner(self, i: int, label: int) -> int:
+        members = self.members[int(label)]
+        if len(members) < 2:
+            return i
+        j = int(members[int(torch.randint(len(members) - 1, ()))])
+        return int(members[-1]) if j == i else j  # uniform over the members other than i
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, dict]:
+        image, label = self.base[i]
+        extras: dict = {}
+        if self.index:
+            extras["index"] = i
+        if self.pair:
+            extras["pair"] = self.base[self.partner(i, label)][0]
+        return image, label, extras
+
+
 @dataclass
 class SourceData:
     """What a source reads from disk (or memory): raw train and test sets and class names."""

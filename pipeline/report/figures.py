@@ -129,6 +129,7 @@ LOSS_TERMS = {
     "kd": "KD (alpha T^2 KL)",
     "at": "attention transfer",
     "mix": "mixed attention",
+    "cls": "class-wise KL (lambda T^2 KL)",
 }
 
 
@@ -164,8 +165,9 @@ def training_figure(metrics_path: Path, out: Path) -> Path | None:
         ("val_top1", "validation (classifier)"),
         ("val_aux_top1", "validation (self-teacher)"),
     ):
-        if key in rows[0]:
-            ax2.plot(ep, [r[key] for r in rows], label=label)
+        shown = [r for r in rows if key in r]  # validation may run every few epochs only
+        if shown:
+            ax2.plot([r["epoch"] for r in shown], [r[key] for r in shown], label=label, marker=".")
     ax2.set(xlabel="epoch", ylabel="top-1", title="accuracy", ylim=(0, 1.02))
     ax2.legend(fontsize=7)
     ax3.plot(ep, [r["lr"] for r in rows], color="tab:purple")

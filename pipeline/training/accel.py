@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import TrainConfig
-from pipeline.data import make_loader
+from pipeline.data import SampleExtras, make_loader
 from pipeline.errors import ConfigError, StageError
 
 
@@ -191,9 +191,22 @@ class SeededSamples(Dataset):
 
 
 def loaders(
-    bundle, t: TrainConfig, plan: BatchPlan, workers: int | str, on_gpu: bool
+    bundle,
+    t: TrainConfig,
+    plan: BatchPlan,
+    workers: int | str,
+    on_gpu: bool,
+    *,
+    index: bool = False,
+    pair: bool = False,
 ) -> tuple[DataLoader, DataLoader, DataLoader]:
-    train_set = SeededSamples(bundle.train, t.seed) if t.deterministic else bundle.train
+    """Train, validation and test loaders. `index` / `pair`: the training batches carry the
+    extras a method asks for (`SampleExtras`), as a third element."""
+    train_set = bundle.train
+    if index or pair:
+        train_set = SampleExtras(train_set, index=index, pair=pair)
+    if t.deterministic:
+        train_set = SeededSamples(train_set, t.seed)
 
     def one(ds: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(

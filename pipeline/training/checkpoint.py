@@ -25,6 +25,7 @@ from pipeline.errors import ArtefactError
 log = logging.getLogger("pipeline.train")
 
 STATE_FILE = "trainer_state.json"
+METHOD_STATE_FILE = "method_state.safetensors"  # a method's per-sample state, when it has one
 RESULT_FILE = "checkpoints/result.json"  # rank 0's metrics, for a launching parent
 ERROR_FILE = "checkpoints/error.json"  # rank 0's error (class and message), likewise
 
@@ -41,11 +42,19 @@ class TrainerState:
 
 
 class Checkpointer:
-    def __init__(self, accelerator, work: Path, keep: int) -> None:
+    """`method`: an object with `state_dict()` / `load_state_dict()` over tensors (the training
+    method); a non-empty state is saved by rank 0 as safetensors (every rank holds the same
+    state) and loaded by every rank. Safetensors, not pickle: loading runs no code."""
+
+    def __init__(self, accelerator, work: Path, keep: int, method=None) -> None:
         self.acc = accelerator
         self.work = work
         self.root = work / "checkpoints"
         self.keep = keep
+        self.method = method
+
+    def _method_state(self) -> dict:
+        return {} if self.method is None else self.method.state_dict()
 
     def latest(self) -> dict[str, Any] | None:
         return read_index(self.work).get("checkpoint")
@@ -64,6 +73,14 @@ class Checkpointer:
             self.acc.save_state(str(tmp))
             self.acc.wait_for_everyone()
             if self.acc.is_main_process:
+                method_state = self._method_state()
+                if method_state:
+                    from safetensors.torch import save_file
+
+                    save_file(
+                        {k: v.contiguous() for k, v in method_state.items()},
+                        str(tmp / METHOD_STATE_FILE),
+                    )
                 write_json_atomic(tmp / STATE_FILE, asdict(state))
                 shutil.rmtree(final, ignore_errors=True)
                 tmp.rename(final)
@@ -123,6 +140,8 @@ class Checkpointer:
         folder = self.root / rec["name"]
         if not (folder / STATE_FILE).is_file():
             return f"{folder} is missing or incomplete"
+        if self._method_state() and not (folder / METHOD_STATE_FILE).is_file():
+            return f"{folder / METHOD_STATE_FILE} (the method's state) is missing"
         for rel, expected in rec.get("files", {}).items():
             path = folder / rel
             if not path.is_file():
@@ -137,6 +156,10 @@ class Checkpointer:
         try:
             self.acc.load_state(str(folder))
             state = TrainerState(**json.loads((folder / STATE_FILE).read_text()))
+            if self.method is not None and (folder / METHOD_STATE_FILE).is_file():
+                from safetensors.torch import load_file
+
+                self.method.load_state_dict(load_file(str(folder / METHOD_STATE_FILE)))
         except pickle.UnpicklingError as exc:
             # Never retried with weights_only=False: what fails the safe loader is not loaded.
             raise ArtefactError(

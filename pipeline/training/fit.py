@@ -124,7 +124,11 @@ def _build(
     channels_last = accel.use_channels_last(t, acc.device, narrowest)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loaders = accel.loaders(bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda")
+    loaders = accel.loaders(
+        bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda",
+        index=method.needs_index, pair=method.needs_pair,
+    )  # fmt: skip
+    method.attach(len(bundle.train), acc.device)
     optimizer = make_optimizer(model, t)
     steps = optimizer_steps_per_epoch(len(loaders[0]), t.grad_accum_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, steps))
@@ -137,7 +141,7 @@ def _build(
     )  # fmt: skip
     return Trainer(
         model=model, method=method, optimizer=optimizer, scheduler=scheduler, accelerator=acc, cfg=t,
-        checkpointer=Checkpointer(acc, work, t.keep_checkpoints), state=TrainerState(), stop=StopFlag(), bar=bar,
+        checkpointer=Checkpointer(acc, work, t.keep_checkpoints, method), state=TrainerState(), stop=StopFlag(), bar=bar,
         loaders=tuple(loaders), channels_last=channels_last,
     )  # fmt: skip
 
@@ -158,8 +162,9 @@ def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
 
 def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_path: Path) -> dict:
     acc, t = tr.accelerator, tr.cfg
-    val = evaluate(tr.model, val_loader, acc, tr.channels_last) if has_val else {}
     epoch = tr.state.epoch + 1
+    due = epoch == t.epochs or (t.val_every_epochs is not None and epoch % t.val_every_epochs == 0)
+    val = evaluate(tr.model, val_loader, acc, tr.channels_last) if has_val and due else {}
     row = {
         "epoch": epoch,
         "lr": tr.scheduler.get_last_lr()[0],
@@ -170,7 +175,7 @@ def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_p
         _write_outputs_guarded(metrics_path, lambda: _append_line(metrics_path, json.dumps(row)))
         log.info(
             "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s", epoch, t.epochs, row["loss"],
-            row["train_top1"], f"{val.get('top1', float('nan')):.3f}", row["images_per_s"],
+            row["train_top1"], f"{val['top1']:.3f}" if "top1" in val else "-", row["images_per_s"],
         )  # fmt: skip
     acc.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
     tr.state.epoch, tr.state.batch, tr.state.partial = epoch, 0, {}
@@ -252,7 +257,12 @@ def _finish(tr: Trainer, spec: dict, work: Path, metrics: dict) -> None:
         lambda: save_model(unwrapped, spec, work, "model"),
     )
     result = work / RESULT_FILE
-    _write_outputs_guarded(result, lambda: write_json_atomic(result, metrics))
+
+    def write_result() -> None:
+        result.parent.mkdir(parents=True, exist_ok=True)  # absent when no checkpoint was saved
+        write_json_atomic(result, metrics)
+
+    _write_outputs_guarded(result, write_result)
 
 
 def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None = None) -> dict:

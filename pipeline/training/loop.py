@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.config import TrainConfig
 from pipeline.errors import StageError
@@ -126,13 +127,27 @@ def _update(tr: Trainer, loss) -> None:
     tr.optimizer.zero_grad(set_to_none=True)
 
 
-def _step(tr: Trainer, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> bool:
+def _forward(tr: Trainer):
+    """The forward a method may call for extra inputs (e.g. CS-KD's no-grad partner forward).
+
+    It runs the model without DDP's wrapper: DDP broadcasts buffers at the start of a forward
+    only when the previous forward had gradients, so a no-grad forward through it skips the next
+    broadcast and the ranks' batch-norm statistics drift apart (the replicas end unequal).
+    """
+    model = tr.model.module if isinstance(tr.model, DistributedDataParallel) else tr.model
+    return lambda x: model(_prepare_inputs(x, tr.channels_last))
+
+
+def _step(
+    tr: Trainer, images: torch.Tensor, targets: torch.Tensor, extras: dict, epoch: int
+) -> bool:
     """One micro-batch; returns False when a stop was requested before it ran."""
     acc = tr.accelerator
     with acc.accumulate(tr.model):
         with acc.autocast():
             out = tr.model(_prepare_inputs(images, tr.channels_last))
-            loss = tr.method.loss(out, targets, epoch)
+            inputs = tr.method.extra_inputs(_forward(tr), extras)
+            loss = tr.method.loss(out, targets, epoch, **inputs)
         finite, stop = _flags(tr, loss.total)
         if stop:
             return False
@@ -140,8 +155,17 @@ def _step(tr: Trainer, images: torch.Tensor, targets: torch.Tensor, epoch: int) 
             _non_finite(tr, epoch)
         else:
             _update(tr, loss)
+            # Every rank takes this branch together (`_flags` agreed), so the method may gather.
+            # Accelerate's even batches give every rank the same batch size, as gather needs.
+            tr.method.record(out, extras, acc.gather)
             tr.add(loss, (out.logits.detach().argmax(1) == targets).sum(), targets.size(0))
     return True
+
+
+def _unpack(batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(images, targets) or (images, targets, extras) from the loader; extras may be absent."""
+    images, targets, *rest = batch
+    return images, targets, (rest[0] if rest else {})
 
 
 def reduced_sums(tr: Trainer) -> dict[str, float]:
@@ -199,8 +223,9 @@ def train_one_epoch(tr: Trainer, loader, epoch: int) -> dict[str, float]:
     if tr.state.batch:
         loader = acc.skip_first_batches(loader, tr.state.batch)
         _set_epoch(loader, epoch)  # a fresh loader counts epochs from 0
-    for images, targets in loader:
-        if not _step(tr, images, targets, epoch):
+    for batch in loader:
+        images, targets, extras = _unpack(batch)
+        if not _step(tr, images, targets, extras, epoch):
             checkpoint(tr, elapsed0 + time.perf_counter() - t0)
             raise StopRequested
         tr.state.batch += 1

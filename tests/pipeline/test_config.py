@@ -30,6 +30,11 @@ def test_overrides_are_typed_yaml():
         ("data.val_fraction=1.5", ["data.val_fraction", "1.5"]),
         ("train.milestones=[0.8, 0.2]", ["train.milestones", "increasing"]),
         ("name=has space", ["name", "folder"]),
+        ("train.distill.pskd.alpha_final=1.5", ["train.distill.pskd.alpha_final", "1.5"]),
+        ("train.distill.cskd.temperature=0", ["train.distill.cskd.temperature", "greater"]),
+        ("train.distill.ls.smooth=0.2", ["train.distill.ls.smooth", "unknown key", "smoothing"]),
+        ("train.distill.ls.smoothing=1", ["train.distill.ls.smoothing", "less than 1"]),
+        ("train.val_every_epochs=0", ["train.val_every_epochs", "greater than or equal to 1"]),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(override, expected):
@@ -82,3 +87,15 @@ def test_paper_presets_are_valid(preset, tmp_path):
     assert cfg.train.method == "ama" and cfg.train.epochs == 200
     fine_grained = cfg.data.name in ("cub200", "mit67", "stanford_dogs")
     assert cfg.model.stem == ("imagenet" if fine_grained else "cifar")
+
+
+def test_comparator_methods_take_their_papers_defaults():
+    cfg = load_config(None, ["train.method=pskd"])
+    d = cfg.train.distill
+    assert d.ls.smoothing == 0.1  # Szegedy et al. 2016
+    assert (d.cskd.temperature, d.cskd.lambda_cls) == (4.0, 1.0)  # Yun et al. 2020
+    assert d.pskd.alpha_final == 0.8  # Kim et al. 2021
+    assert cfg.train.val_every_epochs == 1
+    assert load_config(None, ["train.val_every_epochs=null"]).train.val_every_epochs is None
+    for name in ("ls", "cskd", "pskd"):
+        assert load_config(None, [f"train.method={name}"]).train.method == name

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline import stages
 from tests.pipeline.training.test_resume import REPO
 
@@ -110,3 +112,22 @@ def test_wrn_without_self_teacher_trains_on_two_processes(tmp_path):
         (stages.folder(tmp_path / "runs" / "wrn", "train") / "manifest.json").read_text()
     )
     assert m["status"] == "complete" and m["metrics"]["processes"] == 2
+
+
+@pytest.mark.parametrize("method", ["cskd", "pskd"])
+def test_comparators_with_extras_train_on_two_processes(tmp_path, method):
+    """`cskd`'s no-grad partner forward must not leave the ranks' batch-norm statistics apart;
+    `pskd`'s store must gather every rank's predictions (each rank sees half the samples)."""
+    from safetensors.torch import load_file
+
+    res = _run(tmp_path, method, [f"train.method={method}", "train.processes=2"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = stages.folder(tmp_path / "runs" / method, "train")
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["metrics"]["processes"] == 2
+    assert len(set(m["metrics"]["weights_sha256_per_rank"])) == 1
+    if method == "pskd":
+        last = m["extra"]["checkpoint"]["name"]
+        store = load_file(str(folder / "checkpoints" / last / "method_state.safetensors"))
+        assert store["seen"].numel() == 200  # digits, 20 train images per class
+        assert bool(store["seen"].all())

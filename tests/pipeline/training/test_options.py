@@ -81,6 +81,24 @@ def test_channels_last_on_narrow_cpu_model_is_refused_with_the_fix(tiny_override
         _train(tiny_overrides, ["train.channels_last=true"])  # TINY: width 0.125, 8 channels
 
 
+@pytest.mark.parametrize(("every", "validated"), [(1, [1, 2, 3]), (2, [2, 3]), (None, [3])])
+def test_validation_runs_every_n_epochs_and_after_the_last(tiny_overrides, every, validated):
+    import json
+
+    setting = "null" if every is None else str(every)
+    _, m = _train(tiny_overrides, ["train.epochs=3", f"train.val_every_epochs={setting}"])
+    rows = [json.loads(x) for x in (m.folder / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if "val_top1" in r] == validated
+    assert m.metrics["val_top1"] == rows[-1]["val_top1"]
+
+
+def test_training_without_any_checkpoint_completes(tiny_overrides):
+    """With epoch and step checkpoints off, no checkpoints/ folder exists when the result is
+    written there."""
+    _, m = _train(tiny_overrides, ["train.checkpoint_every_epochs=null"])
+    assert m.complete and m.metrics["test_top1"] >= 0.0
+
+
 def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monkeypatch):
     from pipeline.distill.methods import CrossEntropy
 
