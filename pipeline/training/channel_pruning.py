@@ -55,8 +55,14 @@ def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
         ignored.append(names[name])
     if wrapper.aux is not None:
         ignored.append(wrapper.aux)
-        # the self-teacher's scalar fusion weights are not channels
-        ignored += [p for p in wrapper.aux.parameters() if p.dim() == 1 and p.numel() <= 4]
+        # parameters outside layers (the self-teacher's fusion weights) are not channels
+        layers = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
+        ignored += [
+            p
+            for m in wrapper.aux.modules()
+            if not isinstance(m, layers)
+            for p in m.parameters(recurse=False)
+        ]
     return ignored
 
 
@@ -203,7 +209,7 @@ def _unreachable(history: list[dict], slim) -> None:
     )
     best = min(history, key=lambda r: r[key])
     raise ConfigError(
-        f"{option}={getattr(slim, key if key == 'macs' else 'latency_ms')} {unit} cannot be "
+        f"{option}={getattr(slim, key)} {unit} cannot be "
         f"reached: removing up to {slim.max_ratio:.0%} of the channels (slim.max_ratio, at most "
         f"{slim.max_layer_ratio:.0%} of any layer) gets to {best[key]:.6g} {unit} at best "
         f"(ratio {best['ratio']}); set the budget to at least that, or raise slim.max_ratio"
