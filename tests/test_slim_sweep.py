@@ -52,8 +52,13 @@ def test_table_gain_and_best_point(sweep, tmp_path):
     assert gain["0.5"]["gains"] == pytest.approx([0.02, 0.03])
     assert gain["0.5"]["mean"] == pytest.approx(0.025)
     assert "0.7" not in gain  # no ce point to pair with
-    best = sweep.best_point(lines)
-    assert best["point"] == "r0.5-ama-s0" and best["speedup_fp32"] == 2.0
+    groups = sweep.by_ratio(lines)
+    assert [g["ratio"] for g in groups] == [0.5, 0.7]
+    assert groups[0]["top1"]["ama"]["fp32"] == pytest.approx(0.80)
+    assert groups[0]["top1"]["ce"]["fp32"] == pytest.approx(0.775)
+    assert groups[0]["speedup_fp32"] == pytest.approx(2.0)  # medians: 2.0 ms / 1.0 ms
+    best = sweep.best_point(groups, lines[0]["top1_fp32"])
+    assert best["ratio"] == 0.5 and best["method"] == "ama"  # 0.7 is faster but loses 10 points
     assert sweep.figure(lines, tmp_path / "sweep.png").is_file()
 
 

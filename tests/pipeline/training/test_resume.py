@@ -135,3 +135,31 @@ def test_ctrl_c_saves_checkpoint_and_prints_resume_command(cfg_file, tmp_path):
     assert "stopped by a signal; checkpoint saved" in err
     assert after is not None and after["step"] >= before["step"]
     assert (work / "checkpoints" / after["name"] / "trainer_state.json").is_file()
+
+
+def test_slim_recovery_killed_resumes_from_its_checkpoint(cfg_file, tmp_path):
+    """The slim stage fine-tunes through the training code: killed mid-recovery, the same
+    command keeps the pruned network and resumes the fine-tuning from its checkpoint."""
+    runs = tmp_path / "runs"
+    trained = subprocess.run(
+        _cmd(cfg_file, runs, "slim"), env=_env(), capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    cmd = _cmd(cfg_file, runs, "slim", ["slim.ratio=0.5", "slim.epochs=2", "slim.round_to=4"])
+    cmd[cmd.index("--only") + 1] = "slim"
+    work = runs / "slim" / "02_slim.partial"
+    proc = _start_and_wait_for_checkpoint(cmd, work)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (work / "pruned" / "model.safetensors").is_file()
+    again = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing the pruned network" in again.stderr
+    assert "resuming from checkpoint" in again.stderr
+    manifest = json.loads((runs / "slim" / "02_slim" / "manifest.json").read_text())
+    assert manifest["metrics"]["recovery"]["resumed_from"] is not None
+    rows = [
+        json.loads(x)
+        for x in (runs / "slim" / "02_slim" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["epoch"] for r in rows] == [1, 2]
