@@ -33,7 +33,8 @@ def test_every_stage_writes_a_complete_manifest(finished):
         assert on_disk["key"] == m.key and on_disk["environment"]["torch"]
         assert on_disk["files"], f"{stage} recorded no files"
     assert (manifests["train"].folder / "metrics.jsonl").read_text().count("\n") == cfg.train.epochs
-    assert manifests["prune"].inputs == {"train": manifests["train"].key}
+    assert manifests["slim"].inputs == {"train": manifests["train"].key}
+    assert manifests["prune"].inputs == {"slim": manifests["slim"].key}
 
 
 def test_report_has_top1_and_latency_per_artefact(finished):
