@@ -127,9 +127,14 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     if skipped:
         metrics["skipped"] = skipped
     train = inputs["train"]
+    training, slim = train.metrics, inputs["slim"].metrics if "slim" in inputs else {}
+    if slim.get("slimmed"):  # the card describes the pruned classifier, as recovered
+        training = slim.get("recovery") or {
+            "test_top1": slim["compression"]["slim"]["fp32"]["top1"]
+        }
     card = model_card(
         spec, run=cfg.name, version=e.model_version, data={**train.data, "name": cfg.data.name},
-        training=train.metrics,
+        training=training,
         parity=parity, artefacts=artefacts,
     )  # fmt: skip
     (out_dir / "MODEL_CARD.md").write_text(card)

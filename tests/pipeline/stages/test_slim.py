@@ -206,6 +206,8 @@ def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
     pr = manifests["prune"].metrics
     assert pr["params_deployed"] == c["slim"]["params"] and pr["parity"]["max_abs_diff"] == 0.0
     assert manifests["export"].metrics["onnx"]["bytes"] < 0.6 * c["unpruned"]["fp32"]["onnx_bytes"]
+    card = (manifests["export"].folder / "MODEL_CARD.md").read_text()
+    assert f"{100 * sl['recovery']['test_top1']:.2f}%" in card  # the pruned model's own top-1
     report = (cfg.run_path / "report.md").read_text()
     assert "## Compression" in report and "slim INT8" in report
     # a second run reuses every stage
