@@ -41,6 +41,32 @@ def one_thread():
     yield
 
 
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; a test that builds its own Accelerator starts
+    and ends with them reset (and deterministic algorithms off again)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    torch.use_deterministic_algorithms(False)
+
+
+def load_benchmark(name: str):
+    """A script of `benchmarks/` as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", REPO / "benchmarks" / f"{name}.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 TINY = [
     "data.name=digits",
     "model.name=resnet18",

@@ -1,21 +1,17 @@
 """The method benchmark's bookkeeping: variants, paired gains and ratios."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def methods():
-    spec = importlib.util.spec_from_file_location(
-        "bench_methods", REPO / "benchmarks" / "methods.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("methods")
 
 
 def test_ablations_become_ama_variants(methods):

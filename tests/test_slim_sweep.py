@@ -1,23 +1,16 @@
 """The compression sweep: points through the slim stage, resumed when finished, and its table,
 paired gains, best point and figure."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    spec = importlib.util.spec_from_file_location(
-        "slim_sweep", REPO / "benchmarks" / "slim_sweep.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("slim_sweep")
 
 
 def _row(ratio, method, seed, top1, p50, ref_p50=2.0, ref_top1=0.80):

@@ -241,18 +241,7 @@ def test_comparators_have_no_self_teacher(name: str) -> None:
 # a tiny training run per method ------------------------------------------------------------
 
 
-@pytest.fixture
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.mark.usefixtures("_fresh_accelerate_state")
+@pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize("name", ["ls", "cskd", "pskd"])
 def test_each_comparator_trains_end_to_end(name: str, tiny_overrides) -> None:
     from safetensors.torch import load_file

@@ -15,17 +15,7 @@ from pipeline.runner import run_pipeline
 SMALL = ["data.max_per_class=12", "train.epochs=1", "train.batch_size=16"]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each test builds its own Accelerator."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _train(tiny_overrides, extra: list[str]):
