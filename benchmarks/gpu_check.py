@@ -1,5 +1,5 @@
 """One command for a machine with a CUDA GPU: the `gpu`-marked tests, a short training-step
-benchmark (ce, frskd, ama; bf16; channels_last; images/s and the ratio to ce), torch CUDA
+benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), torch CUDA
 inference latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers
 and TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
 
@@ -71,9 +71,10 @@ def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
 
 def train_steps(width: float, batch: int, steps: int) -> dict:
     out = {
-        m: {"images_per_s": _images_per_s(m, width, batch, steps)} for m in ("ce", "frskd", "ama")
+        m: {"images_per_s": _images_per_s(m, width, batch, steps)}
+        for m in ("ce", "ls", "frskd", "ama")
     }
-    for method in ("frskd", "ama"):
+    for method in ("ls", "frskd", "ama"):
         out[method]["step_time_vs_ce"] = out["ce"]["images_per_s"] / out[method]["images_per_s"]
     return {"width": width, "batch": batch, "steps": steps, "precision": "bf16", "methods": out}
 

@@ -4,14 +4,18 @@ Every variant is trained through the pipeline's own train stage, so results are 
 variant and seed: a finished (variant, seed) run is reused as it is and an interrupted one
 resumes from its last checkpoint when the same command runs again. Each run is judged at the
 last epoch: on the test split (`--protocol test`), or on the 45,000 CIFAR-10 train images it
-did not train on (`--protocol precise`). Prints and writes (JSON and Markdown) a table of
+did not train on (`--protocol precise`), or on the 5,000 of all 50,000 it did not train on
+(`--protocol full`, the GPU scale). Prints and writes (JSON and Markdown) a table of
 per-seed values, mean and std, the gain over each baseline paired by seed with its 95% Student-t
-interval over seeds (marked where it excludes zero), and epoch time with its ratio to `ce`.
+interval over seeds (marked where it excludes zero), the last epoch's train top-1 (does the
+budget fit the training set?), and epoch time and images/s with their ratio to `ce`.
 
     python benchmarks/methods.py --data imagefolder --root ../shared/datasets/cifar10-small \
         --model resnet18 --width 0.125 --epochs 15 --seeds 0 1 2 \
         --ablate train.distill.mask=hard train.distill.ratio=confidence
     python benchmarks/methods.py --protocol precise --width 0.25 --epochs 40 --seeds 0 1 2 --jobs 2
+    python benchmarks/methods.py --protocol full --width 1 --epochs 30 --seeds 0 --methods ce ls ama \
+        --batch 256 --set train.mixed_precision=bf16 --set train.channels_last=true
 """
 
 from __future__ import annotations
@@ -46,11 +50,14 @@ PRECISE = [
     "data.max_per_class=500",
     "train.val_every_epochs=null",
 ]
-METRIC = {"test": "test_top1", "precise": "val_top1"}
+# GPU scale: every train image of cifar10-full, 10% of them (stratified) held out and judged.
+FULL = ["data.name=imagefolder", "data.val_fraction=0.1", "train.val_every_epochs=null"]
+METRIC = {"test": "test_top1", "precise": "val_top1", "full": "val_top1"}
 KEPT = (
     "test_top1",
     "test_aux_top1",
     "val_top1",
+    "val_aux_top1",
     "train_top1",
     "epoch_s",
     "images_per_s",
@@ -65,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(METRIC),
         default="test",
         help="test: judge on the data set's test split; precise: train on 500 images per "
-        "class of --full-root and judge on the 45,000 train images the run did not train on",
+        "class of --full-root and judge on the 45,000 train images the run did not train on; "
+        "full: train on 90%% of --full-root's train images and judge on the other 10%%",
     )
     p.add_argument("--data", default="imagefolder", help="data.name (protocol test)")
     p.add_argument(
@@ -73,7 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=str(REPO.parent / "shared" / "datasets" / "cifar10-small"),
         help="data.root (protocol test)",
     )
-    p.add_argument("--full-root", type=Path, default=FULL_ROOT, help="data.root (protocol precise)")
+    p.add_argument(
+        "--full-root", type=Path, default=FULL_ROOT, help="data.root (protocols precise, full)"
+    )
     p.add_argument("--model", default="resnet18")
     p.add_argument("--width", type=float, default=0.125)
     p.add_argument("--epochs", type=int, default=15)
@@ -113,7 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
     if args.out is None:
-        name = "methods-precise" if args.protocol == "precise" else "methods"
+        name = {"precise": "methods-precise", "full": "methods-full"}.get(args.protocol, "methods")
         args.out = REPO / "benchmarks" / "results" / name
     return args
 
@@ -136,8 +146,8 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         "train.schedule=cosine",
         f"run_dir={args.out / 'runs'}",
     ]
-    if args.protocol == "precise":
-        o += [*PRECISE, f"data.root={args.full_root}"]
+    if args.protocol in ("precise", "full"):
+        o += [*(PRECISE if args.protocol == "precise" else FULL), f"data.root={args.full_root}"]
     else:
         o.append(f"data.name={args.data}")
         if args.data != "digits":
@@ -272,7 +282,8 @@ def summarise(
     rows = []
     for tag, per_seed in results.items():
         accs = [judged[tag][s] for s in seeds if s in judged[tag]]
-        epoch = statistics.mean(per_seed[s]["epoch_s"] for s in seeds if s in per_seed)
+        ran = [per_seed[s] for s in seeds if s in per_seed]
+        epoch = statistics.mean(r["epoch_s"] for r in ran)
         gains = {
             b: paired_gain(judged[tag], judged[b])
             for b in baselines
@@ -287,11 +298,25 @@ def summarise(
                 "mean": statistics.mean(accs),
                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "gains": gains,
+                "train_top1": _mean_of(ran, "train_top1"),
+                "aux_top1": _mean_of(
+                    ran, "val_aux_top1" if metric == "val_top1" else "test_aux_top1"
+                ),
+                "images_per_s": _mean_of(ran, "images_per_s"),
                 "epoch_s": epoch,
                 "epoch_ratio_vs_ce": epoch / ce_epoch if ce_epoch else None,
             }
         )
     return rows
+
+
+def _mean_of(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.mean(values) if values else None
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.2f}"
 
 
 def _gain_cell(g: dict | None) -> str:
@@ -307,15 +332,18 @@ def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) ->
     lines = [
         header,
         "",
-        "| variant | seeds | per seed | mean ± std | epoch s | ratio vs ce |",
-        "|---|---|---|---|---|---|",
+        "| variant | seeds | per seed | mean ± std | self-teacher | train top-1 | epoch s "
+        "| images/s | time vs ce |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = ", ".join(f"{100 * v:.2f}" for v in r["per_seed"].values())
         ratio = "—" if r["epoch_ratio_vs_ce"] is None else f"{r['epoch_ratio_vs_ce']:.2f}x"
+        ips = "—" if r.get("images_per_s") is None else f"{r['images_per_s']:,.0f}"
         lines.append(
             f"| {r['variant']} | {r['seeds']} | {per_seed} | {100 * r['mean']:.2f} ± "
-            f"{100 * r['std']:.2f} | {r['epoch_s']:.1f} | {ratio} |"
+            f"{100 * r['std']:.2f} | {_pct(r.get('aux_top1'))} | {_pct(r.get('train_top1'))} "
+            f"| {r['epoch_s']:.1f} | {ips} | {ratio} |"
         )
     shown = [b for b in baselines if any(b in r["gains"] for r in rows)]
     if shown:
@@ -339,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
-    if args.protocol == "precise" and not (args.full_root / "train").is_dir():
+    if args.protocol in ("precise", "full") and not (args.full_root / "train").is_dir():
         print(
-            f"skipped: the precise protocol needs CIFAR-10 in ImageFolder layout at "
+            f"skipped: the {args.protocol} protocol needs CIFAR-10 in ImageFolder layout at "
             f"{args.full_root} (train/<class>/*); it is not there. Pass --full-root."
         )
         return 0
@@ -354,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         / 60
     )
     first = next(iter(next(iter(results.values())).values()))
-    if args.protocol == "precise":
+    if args.protocol in ("precise", "full"):
         judged = (
             f"Last-epoch top-1 (%) on the {first['n_val']:,} validation images the runs did not "
             f"train on ({first['n_train']:,} train images, {args.full_root.name})"

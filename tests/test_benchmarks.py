@@ -30,7 +30,10 @@ def test_ablations_become_ama_variants(methods):
 def test_summary_pairs_gains_by_seed(methods):
     res = {
         "ce": {0: {"test_top1": 0.50, "epoch_s": 10.0}, 1: {"test_top1": 0.60, "epoch_s": 10.0}},
-        "ama": {0: {"test_top1": 0.55, "epoch_s": 25.0}, 1: {"test_top1": 0.61, "epoch_s": 15.0}},
+        "ama": {
+            0: {"test_top1": 0.55, "epoch_s": 25.0, "train_top1": 0.9, "test_aux_top1": 0.6},
+            1: {"test_top1": 0.61, "epoch_s": 15.0, "train_top1": 0.8, "images_per_s": 900.0},
+        },
     }
     rows = {r["variant"]: r for r in methods.summarise(res, [0, 1], baselines=["ce", "ls"])}
     gain = rows["ama"]["gains"]["ce"]
@@ -41,7 +44,9 @@ def test_summary_pairs_gains_by_seed(methods):
     assert rows["ama"]["epoch_ratio_vs_ce"] == pytest.approx(2.0)
     assert rows["ce"]["std"] == pytest.approx(0.0707107, rel=1e-4)
     md = methods.markdown(list(rows.values()), "#", ["ce", "ls"])
-    assert "| ama | 2 | 55.00, 61.00 | 58.00 ± 4.24 | 20.0 | 2.00x |" in md
+    # self-teacher and images/s: the mean over the seeds that report them; ce reports neither
+    assert "| ama | 2 | 55.00, 61.00 | 58.00 ± 4.24 | 60.00 | 85.00 | 20.0 | 900 | 2.00x |" in md
+    assert "| ce | 2 | 50.00, 60.00 | 55.00 ± 7.07 | — | — | 10.0 | — | 1.00x |" in md
     # two seeds: t(0.975, 1) = 12.706, half-width 12.706 * 0.0282843 / sqrt(2) = 0.2541
     assert "| ama | +3.00 [-22.41, +28.41] |" in md and "vs ls" not in md
 

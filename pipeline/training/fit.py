@@ -231,6 +231,8 @@ def _summary(
     }
     if "aux_top1" in test:
         metrics["test_aux_top1"] = test["aux_top1"]
+    if last.get("val_aux_top1") is not None:
+        metrics["val_aux_top1"] = last["val_aux_top1"]
     return metrics
 
 
