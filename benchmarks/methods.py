@@ -52,6 +52,8 @@ PRECISE = [
 ]
 # GPU scale: every train image of cifar10-full, 10% of them (stratified) held out and judged.
 FULL = ["data.name=imagefolder", "data.val_fraction=0.1", "train.val_every_epochs=null"]
+# A budget "fits" when the last epochs reach this train top-1 (the literature's schedules do).
+FIT_LEVEL = 0.95
 METRIC = {"test": "test_top1", "precise": "val_top1", "full": "val_top1"}
 KEPT = (
     "test_top1",
@@ -114,6 +116,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "with torch's default threads",
     )
     p.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: tabulate the runs that have finished (an interrupted benchmark's "
+        "table so far); unfinished ones are listed and left out",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -155,10 +163,20 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     return o + args.overrides
 
 
-def _kept(metrics: dict, data: dict) -> dict:
+def fit_epoch(metrics_jsonl: Path, level: float = FIT_LEVEL) -> int | None:
+    """The first epoch whose train top-1 reached `level` (None: never, or no history)."""
+    if not metrics_jsonl.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    return next((r["epoch"] for r in rows if r.get("train_top1", 0.0) >= level), None)
+
+
+def _kept(metrics: dict, data: dict, folder: Path) -> dict:
+    """What the table needs of one finished run; `folder` is its train stage's folder."""
     sizes = data.get("sizes", {})
     return {
         **{k: metrics.get(k) for k in KEPT},
+        "fit_epoch": fit_epoch(folder / "metrics.jsonl"),
         "n_train": sizes.get("train"),
         "n_val": sizes.get("val"),
         "n_test": sizes.get("test"),
@@ -171,7 +189,7 @@ def train_one(overrides: list[str], name: str) -> dict:
 
     cfg = load_config(None, [*overrides, f"name={name}"])
     m = run_pipeline(cfg, only="train")["train"]
-    return _kept(m.metrics, m.data)
+    return _kept(m.metrics, m.data, stages.folder(cfg.run_path, "train"))
 
 
 def child_env() -> dict[str, str]:
@@ -191,10 +209,21 @@ def train_in_child(overrides: list[str], name: str, empty_config: Path) -> dict:
     res = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, cwd=REPO)
     if res.returncode != 0:
         raise RuntimeError(f"run {name} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-    cfg = load_config(None, [*overrides, f"name={name}"])
-    manifest = json.loads((stages.folder(cfg.run_path, "train") / "manifest.json").read_text())
     log.info("done %s", name)
-    return _kept(manifest["metrics"], manifest.get("data", {}))
+    done = finished_run(overrides, name)
+    if done is None:
+        raise RuntimeError(f"run {name} exited 0 but its train stage left no manifest")
+    return done
+
+
+def finished_run(overrides: list[str], name: str) -> dict | None:
+    """The kept metrics of a run whose train stage has finished, else None."""
+    cfg = load_config(None, [*overrides, f"name={name}"])
+    folder = stages.folder(cfg.run_path, "train")
+    if not (folder / "manifest.json").is_file():
+        return None
+    m = json.loads((folder / "manifest.json").read_text())
+    return _kept(m["metrics"], m.get("data", {}), folder)
 
 
 def run_name(tag: str, seed: int) -> str:
@@ -211,6 +240,14 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
         for tag, sets in variants(args).items()
     ]
     results: dict[str, dict[int, dict]] = {tag: {} for tag in variants(args)}
+    if args.no_train:
+        for tag, seed, overrides in tasks:
+            done = finished_run(overrides, run_name(tag, seed))
+            if done is None:
+                log.info("not finished, left out: %s", run_name(tag, seed))
+            else:
+                results[tag][seed] = done
+        return {tag: per_seed for tag, per_seed in results.items() if per_seed}
     if args.jobs == 1:
         for tag, seed, overrides in tasks:
             results[tag][seed] = train_one(overrides, run_name(tag, seed))
@@ -299,6 +336,7 @@ def summarise(
                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
                 "gains": gains,
                 "train_top1": _mean_of(ran, "train_top1"),
+                "fit_epochs": [r["fit_epoch"] for r in ran if "fit_epoch" in r],
                 "aux_top1": _mean_of(
                     ran, "val_aux_top1" if metric == "val_top1" else "test_aux_top1"
                 ),
@@ -313,6 +351,17 @@ def summarise(
 def _mean_of(runs: list[dict], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.mean(values) if values else None
+
+
+def _epochs(values: list[int | None]) -> str:
+    """The fit epochs over seeds as 'min-max' ('never' for a seed that did not get there)."""
+    if not values:
+        return "—"
+    if any(v is None for v in values):
+        reached = [v for v in values if v is not None]
+        return f"never ({len(values) - len(reached)} of {len(values)})"
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
 def _pct(v: float | None) -> str:
@@ -332,9 +381,9 @@ def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) ->
     lines = [
         header,
         "",
-        "| variant | seeds | per seed | mean ± std | self-teacher | train top-1 | epoch s "
-        "| images/s | time vs ce |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | per seed | mean ± std | self-teacher | train top-1 "
+        f"| {FIT_LEVEL:.0%} train at epoch | epoch s | images/s | time vs ce |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = ", ".join(f"{100 * v:.2f}" for v in r["per_seed"].values())
@@ -343,7 +392,7 @@ def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) ->
         lines.append(
             f"| {r['variant']} | {r['seeds']} | {per_seed} | {100 * r['mean']:.2f} ± "
             f"{100 * r['std']:.2f} | {_pct(r.get('aux_top1'))} | {_pct(r.get('train_top1'))} "
-            f"| {r['epoch_s']:.1f} | {ips} | {ratio} |"
+            f"| {_epochs(r.get('fit_epochs', []))} | {r['epoch_s']:.1f} | {ips} | {ratio} |"
         )
     shown = [b for b in baselines if any(b in r["gains"] for r in rows)]
     if shown:
@@ -375,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results = run_all(args)
+    if not results:
+        print(f"no finished runs under {args.out / 'runs'} for these settings")
+        return 1
     metric = METRIC[args.protocol]
     rows = summarise(results, args.seeds, metric, args.baselines)
     train_min = (

@@ -45,8 +45,10 @@ def test_summary_pairs_gains_by_seed(methods):
     assert rows["ce"]["std"] == pytest.approx(0.0707107, rel=1e-4)
     md = methods.markdown(list(rows.values()), "#", ["ce", "ls"])
     # self-teacher and images/s: the mean over the seeds that report them; ce reports neither
-    assert "| ama | 2 | 55.00, 61.00 | 58.00 ± 4.24 | 60.00 | 85.00 | 20.0 | 900 | 2.00x |" in md
-    assert "| ce | 2 | 50.00, 60.00 | 55.00 ± 7.07 | — | — | 10.0 | — | 1.00x |" in md
+    assert (
+        "| ama | 2 | 55.00, 61.00 | 58.00 ± 4.24 | 60.00 | 85.00 | — | 20.0 | 900 | 2.00x |" in md
+    )
+    assert "| ce | 2 | 50.00, 60.00 | 55.00 ± 7.07 | — | — | — | 10.0 | — | 1.00x |" in md
     # two seeds: t(0.975, 1) = 12.706, half-width 12.706 * 0.0282843 / sqrt(2) = 0.2541
     assert "| ama | +3.00 [-22.41, +28.41] |" in md and "vs ls" not in md
 
@@ -112,6 +114,26 @@ def test_side_by_side_jobs_write_tables_and_reuse_finished_runs(methods, tmp_pat
     assert methods.main(argv) == 0
     assert [json.loads(p.read_text())["ended"] for p in manifests] == ended  # reused
     assert json.loads((out / "table.json").read_text())["runs"] == table["runs"]
+    # --no-train tabulates what finished (a third method never ran) and trains nothing
+    assert methods.main([*argv, "--methods", "ce", "ls", "pskd", "--no-train"]) == 0
+    assert [json.loads(p.read_text())["ended"] for p in manifests] == ended
+    assert [r["variant"] for r in json.loads((out / "table.json").read_text())["rows"]] == [
+        "ce",
+        "ls",
+    ]
+    assert not (out / "runs" / "pskd-s0").exists()
+
+
+def test_fit_epoch_is_the_first_epoch_at_the_level(methods, tmp_path):
+    import json
+
+    path = tmp_path / "metrics.jsonl"
+    assert methods.fit_epoch(path) is None  # no history
+    rows = [{"epoch": e, "train_top1": a} for e, a in [(1, 0.5), (2, 0.96), (3, 0.94), (4, 0.99)]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert methods.fit_epoch(path) == 2 and methods.fit_epoch(path, 0.999) is None
+    assert methods._epochs([2, 5, 3]) == "2-5" and methods._epochs([4, 4]) == "4"
+    assert methods._epochs([2, None]) == "never (1 of 2)"
 
 
 def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):

@@ -130,6 +130,7 @@ def test_int8_engine_needs_symmetric_qdq(tmp_path):
 
 @pytest.mark.gpu
 def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
     from export.tensorrt import Profile, build_engine
     from serving.bench import benchmark_engine
     from serving.predictor import OrtPredictor
