@@ -54,6 +54,12 @@ class DataConfig(Strict):
         "auto", description="decode image files once into memory; auto = when below cache_max_gib"
     )
     cache_max_gib: float = Field(2.0, gt=0.0, description="decoded-size limit for cache=auto")
+    on_device: bool | Literal["auto"] = Field(
+        "auto",
+        description="hold the training images on the training device and crop/flip batches there "
+        "(in-memory images at the input size; crop/flip augmentation); auto = when training on "
+        "a GPU and the training set allows it",
+    )
 
     @field_validator("name")
     @classmethod

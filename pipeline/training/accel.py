@@ -190,6 +190,19 @@ class SeededSamples(Dataset):
             return self.base[i]
 
 
+def train_on_device(setting: bool | str, bundle, device: torch.device) -> bool:
+    """Resolve `data.on_device`: auto holds the training set on a GPU when it can (in memory,
+    at the input size, crop/flip augmentation); true demands it, on any device."""
+    from pipeline.data.device import unsupported_reason
+
+    if setting is False:
+        return False
+    why = unsupported_reason(bundle.train, bundle.preset)
+    if setting is True and why is not None:
+        raise ConfigError(f"data.on_device=true: {why}")
+    return why is None and (setting is True or device.type == "cuda")
+
+
 def loaders(
     bundle,
     t: TrainConfig,
@@ -199,9 +212,22 @@ def loaders(
     *,
     index: bool = False,
     pair: bool = False,
-) -> tuple[DataLoader, DataLoader, DataLoader]:
+    device: torch.device | None = None,
+    rank: int = 0,
+) -> tuple:
     """Train, validation and test loaders. `index` / `pair`: the training batches carry the
-    extras a method asks for (`SampleExtras`), as a third element."""
+    extras a method asks for (`SampleExtras`), as a third element. `device`: the training
+    batches are made on that device (`DeviceBatches`, this process being `rank` of
+    `plan.processes`) instead of by a DataLoader."""
+    if device is not None:
+        from pipeline.data.device import DeviceBatches
+
+        train = DeviceBatches(
+            bundle.train, bundle.preset, plan.per_process, device, seed=t.seed, rank=rank,
+            world=plan.processes, index=index, pair=pair,
+        )  # fmt: skip
+        rest = loaders(bundle, t, plan, workers, on_gpu)
+        return train, rest[1], rest[2]
     train_set = bundle.train
     if index or pair:
         train_set = SampleExtras(train_set, index=index, pair=pair)

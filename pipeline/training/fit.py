@@ -124,9 +124,11 @@ def _build(
     channels_last = accel.use_channels_last(t, acc.device, narrowest)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    on_device = accel.train_on_device(cfg.data.on_device, bundle, acc.device)
     loaders = accel.loaders(
         bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda",
         index=method.needs_index, pair=method.needs_pair,
+        device=acc.device if on_device else None, rank=acc.process_index,
     )  # fmt: skip
     method.attach(len(bundle.train), acc.device)
     optimizer = make_optimizer(model, t)
@@ -134,7 +136,12 @@ def _build(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, steps))
     if t.compile:
         model = torch.compile(model)
-    model, optimizer, *loaders, scheduler = acc.prepare(model, optimizer, *loaders, scheduler)
+    if on_device:  # batches are made on the device already; Accelerate prepares the rest
+        model, optimizer, *evals, scheduler = acc.prepare(model, optimizer, *loaders[1:], scheduler)
+        loaders = [loaders[0], *evals]
+    else:
+        model, optimizer, *loaders, scheduler = acc.prepare(model, optimizer, *loaders, scheduler)
+    log.info("training batches: %s", "made on the device" if on_device else "DataLoader")
     bar = tqdm(
         total=t.epochs * len(loaders[0]), desc=f"train {t.method}", disable=not acc.is_main_process,
         mininterval=1.0, unit="step",

@@ -220,7 +220,9 @@ def train_one_epoch(tr: Trainer, loader, epoch: int) -> dict[str, float]:
     elapsed0 = float(tr.state.partial.get("elapsed", 0.0)) if tr.state.batch else 0.0
     t0 = time.perf_counter()
     _set_epoch(loader, epoch)
-    if tr.state.batch:
+    if tr.state.batch and hasattr(loader, "skip_first"):  # batches made on the device
+        loader = loader.skip_first(tr.state.batch)
+    elif tr.state.batch:
         loader = acc.skip_first_batches(loader, tr.state.batch)
         _set_epoch(loader, epoch)  # a fresh loader counts epochs from 0
     for batch in loader:

@@ -77,11 +77,17 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
 
-@pytest.mark.parametrize("method", ["ce", "pskd"])
-def test_sigkill_then_same_command_resumes_to_identical_weights(cfg_file, tmp_path, method):
+@pytest.mark.parametrize(
+    "extra",
+    [["train.method=ce"], ["train.method=pskd"], ["train.method=cskd", "data.on_device=true"]],
+    ids=["ce", "pskd", "cskd-batches-on-device"],
+)
+def test_sigkill_then_same_command_resumes_to_identical_weights(cfg_file, tmp_path, extra):
     """`pskd` reads last epoch's predictions of every sample in epoch 2: killed in epoch 1, the
-    resumed run matches only if the checkpoint held the predictions made before the kill."""
-    runs, extra = tmp_path / "runs", [f"train.method={method}"]
+    resumed run matches only if the checkpoint held the predictions made before the kill.
+    With batches made on the device, the resumed epoch must draw the same crops, flips and
+    `cskd` partners as the uninterrupted one."""
+    runs = tmp_path / "runs"
     ref = subprocess.run(
         _cmd(cfg_file, runs, "ref", extra), env=_env(), capture_output=True, text=True
     )
