@@ -1,7 +1,8 @@
 """One command for a machine with a CUDA GPU: the `gpu`-marked tests, a short training-step
-benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), torch CUDA
-inference latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers
-and TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
+benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), the train
+stage with batches from the DataLoader against batches made on the GPU, torch CUDA inference
+latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers and
+TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
 
     python benchmarks/gpu_check.py --out gpu_check.json
 
@@ -77,6 +78,72 @@ def train_steps(width: float, batch: int, steps: int) -> dict:
     for method in ("ls", "frskd", "ama"):
         out[method]["step_time_vs_ce"] = out["ce"]["images_per_s"] / out[method]["images_per_s"]
     return {"width": width, "batch": batch, "steps": steps, "precision": "bf16", "methods": out}
+
+
+def _synthetic_cifar10(folder: Path, n_train: int = 50_000, n_test: int = 1_000) -> Path:
+    """Random images in CIFAR-10's pickle layout (the loader's work does not depend on them)."""
+    import pickle
+
+    import numpy as np
+
+    root = folder / "cifar-10-batches-py"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def dump(name: str, n: int) -> None:
+        obj = {
+            b"labels": [int(v) for v in rng.integers(0, 10, n)],
+            b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        }
+        (root / name).write_bytes(pickle.dumps(obj, protocol=2))
+
+    for b in range(1, 6):
+        dump(f"data_batch_{b}", n_train // 5)
+    dump("test_batch", n_test)
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    meta = {b"label_names": [n.encode() for n in names]}
+    (root / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return folder
+
+
+def loader_ab(
+    width: float, batch: int, tmp: Path, epochs: int = 3, device: str = "cuda", n: int = 50_000
+) -> dict:
+    """The train stage on `n` CIFAR-sized images, batches from the DataLoader against batches
+    made on the device (`data.on_device`): images/s of the last epoch, and the ratio."""
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    root = _synthetic_cifar10(tmp / "cifar", n_train=n)
+    precision = "bf16" if device == "cuda" else "no"
+    out: dict = {"width": width, "batch": batch, "epochs": epochs, "method": "ce", "images": n}
+    for on_device in (False, True):
+        cfg = load_config(None, [
+            "data.name=cifar10", f"data.root={root}", "data.val_fraction=0.02",
+            f"model.width={width}", f"train.epochs={epochs}", f"train.batch_size={batch}",
+            f"train.device={device}", f"train.mixed_precision={precision}",
+            f"train.channels_last={'true' if device == 'cuda' else 'auto'}",
+            "train.val_every_epochs=null", "train.checkpoint_every_epochs=null",
+            f"data.on_device={str(on_device).lower()}", f"run_dir={tmp / 'runs'}",
+            f"name=loader-{'device' if on_device else 'dataloader'}",
+        ])  # fmt: skip
+        run_pipeline(cfg, only="train")
+        rows = (cfg.run_path / "01_train" / "metrics.jsonl").read_text().splitlines()
+        last = json.loads(rows[-1])
+        out["on_device" if on_device else "dataloader"] = {"images_per_s": last["images_per_s"]}
+    out["speed_up"] = out["on_device"]["images_per_s"] / out["dataloader"]["images_per_s"]
+    return out
 
 
 def torch_inference(width: float) -> dict:
@@ -181,6 +248,7 @@ def main() -> None:
             "torch_inference": lambda: torch_inference(args.width),
         }
         with tempfile.TemporaryDirectory() as tmp:
+            checks["loader_ab"] = lambda: loader_ab(args.width, args.batch, Path(tmp))
             checks["onnxruntime_gpu"] = lambda: onnxruntime_gpu(args.width, Path(tmp))
             checks["tensorrt"] = lambda: tensorrt_engine(Path(tmp))
             for name, fn in checks.items():

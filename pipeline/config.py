@@ -164,6 +164,13 @@ class DistillConfig(Strict):
     mix_warmup_epochs: int | None = Field(
         None, ge=0, description="epochs without L_mix; None scales 5 of 200 with the schedule"
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="frskd/ama: epsilon of label smoothing on both heads' cross-entropy terms "
+        "(0 = hard labels, METHOD.md); the self-teacher's targets combined with `ls`'s",
+    )
     ls: LabelSmoothingConfig = Field(
         LabelSmoothingConfig(), description="label smoothing (method `ls`)"
     )
@@ -233,6 +240,12 @@ class TrainConfig(Strict):
         "logs go under the train stage's folder where the tracker keeps files locally",
     )
     distill: DistillConfig = DistillConfig()
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, v: Any) -> Any:
+        """YAML reads a bare `no` (`--set train.mixed_precision=no`) as false."""
+        return "no" if v is False else v
 
     @field_validator("method")
     @classmethod

@@ -155,3 +155,15 @@ def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert "no CUDA GPU" in data["skipped"]["everything"] and "skipped everything" in res.stdout
+
+
+def test_gpu_check_loader_comparison_runs_both_paths(tmp_path, fresh_accelerate_state, one_thread):
+    """The check's DataLoader-against-device comparison, on the CPU at toy size."""
+    check = load_benchmark("gpu_check")
+    res = check.loader_ab(0.125, 32, tmp_path, epochs=1, device="cpu", n=100)
+    assert res["dataloader"]["images_per_s"] > 0 and res["on_device"]["images_per_s"] > 0
+    assert res["speed_up"] == pytest.approx(
+        res["on_device"]["images_per_s"] / res["dataloader"]["images_per_s"]
+    )
+    names = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert names == ["loader-dataloader", "loader-device"]

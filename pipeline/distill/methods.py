@@ -132,9 +132,10 @@ class SelfKD(Method):
             )
         c = self.cfg
         s_atts, t_atts = attention_maps(out.features, out.aux_features)
+        eps = c.label_smoothing
         parts = {
-            "ce": F.cross_entropy(out.logits.float(), targets),
-            "ce_aux": F.cross_entropy(out.aux_logits.float(), targets),
+            "ce": F.cross_entropy(out.logits.float(), targets, label_smoothing=eps),
+            "ce_aux": F.cross_entropy(out.aux_logits.float(), targets, label_smoothing=eps),
             "kd": c.alpha * kd_loss(out.logits, out.aux_logits, c.temperature),
             "at": c.beta * attention_transfer(s_atts, t_atts),
         }

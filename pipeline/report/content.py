@@ -181,6 +181,7 @@ def _training(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
         + "."
     )
     blocks: list = [text]
+    blocks += [f"**Warning:** {w}." for w in t.get("warnings", [])]
     if "training" in figures:
         blocks.append(Figure(figures["training"], "Training loss and its terms, top-1 and the "
                              "learning rate per epoch."))  # fmt: skip

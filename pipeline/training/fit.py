@@ -184,12 +184,49 @@ def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_p
             "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s", epoch, t.epochs, row["loss"],
             row["train_top1"], f"{val['top1']:.3f}" if "top1" in val else "-", row["images_per_s"],
         )  # fmt: skip
+        classes = tr.method.num_classes
+        if stalled(row, classes) and row["epoch"] == STALL_EPOCHS:
+            log.warning(
+                "train top-1 %.3f after %d epochs is chance (1/%d): the classifier has collapsed "
+                "or not started; consider stopping, and lowering train.lr or setting "
+                "train.warmup_epochs or train.grad_clip", row["train_top1"], epoch, classes,
+            )  # fmt: skip
     acc.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
     tr.state.epoch, tr.state.batch, tr.state.partial = epoch, 0, {}
     tr.reset_sums()
     if t.checkpoint_every_epochs and epoch % t.checkpoint_every_epochs == 0:
         tr.checkpointer.save(tr.state)
     return row
+
+
+# A classifier still at chance after this many epochs has collapsed or never started.
+STALL_EPOCHS = 3
+# The self-teacher this far (top-1 points) ahead of the classifier it teaches: nothing passed on.
+AUX_GAP = 0.10
+
+
+def stalled(row: dict, num_classes: int) -> bool:
+    """The epoch's train top-1 is within half of chance of chance itself, past the first epochs."""
+    return row["epoch"] >= STALL_EPOCHS and row["train_top1"] < 1.5 / num_classes
+
+
+def training_warnings(history: list[dict], test: dict, num_classes: int) -> list[str]:
+    """What a run's numbers say went wrong, with what to change (empty when nothing did)."""
+    out = []
+    stall = [h["epoch"] for h in history if stalled(h, num_classes)]
+    if stall:
+        out.append(
+            f"the classifier's train top-1 was at chance (1/{num_classes}) at epoch "
+            f"{stall[0]}{f' to {stall[-1]}' if len(stall) > 1 else ''}: training collapsed or "
+            "had not started; lower train.lr, or set train.warmup_epochs or train.grad_clip"
+        )
+    if "aux_top1" in test and test["aux_top1"] - test["top1"] > AUX_GAP:
+        out.append(
+            f"the classifier's test top-1 ({100 * test['top1']:.1f}%) ended far below its own "
+            f"self-teacher's ({100 * test['aux_top1']:.1f}%): the distillation did not pass on "
+            "what the self-teacher learned; try a lower train.lr or train.warmup_epochs"
+        )
+    return out
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -240,6 +277,9 @@ def _summary(
         metrics["test_aux_top1"] = test["aux_top1"]
     if last.get("val_aux_top1") is not None:
         metrics["val_aux_top1"] = last["val_aux_top1"]
+    metrics["warnings"] = training_warnings(history, test, tr.method.num_classes)
+    for w in metrics["warnings"]:
+        log.warning("%s", w)
     return metrics
 
 

@@ -17,6 +17,9 @@ def test_default_pipeline_yaml_is_valid():
 def test_overrides_are_typed_yaml():
     cfg = load_config(None, ["train.epochs=3", "model.width=0.5", "train.milestones=[0.3, 0.6]"])
     assert cfg.train.epochs == 3 and cfg.model.width == 0.5 and cfg.train.milestones == (0.3, 0.6)
+    # YAML reads a bare `no` as false; the one field whose allowed values include "no" takes it
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(None, ["data.on_device=true"]).data.on_device is True
 
 
 @pytest.mark.parametrize(
@@ -35,6 +38,9 @@ def test_overrides_are_typed_yaml():
         ("train.distill.ls.smooth=0.2", ["train.distill.ls.smooth", "unknown key", "smoothing"]),
         ("train.distill.ls.smoothing=1", ["train.distill.ls.smoothing", "less than 1"]),
         ("train.val_every_epochs=0", ["train.val_every_epochs", "greater than or equal to 1"]),
+        ("train.mixed_precision=yes", ["train.mixed_precision", "'bf16'"]),
+        ("data.on_device=gpu", ["data.on_device", "'auto'"]),
+        ("train.distill.label_smoothing=1", ["train.distill.label_smoothing", "less than 1"]),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(override, expected):

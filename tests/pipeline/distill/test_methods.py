@@ -238,3 +238,22 @@ def test_methods_build_the_self_teacher() -> None:
         assert isinstance(model.aux, SelfTeacher)
         assert method.name == name
     assert math.isclose(DistillConfig().temperature, 4.0)
+
+
+@pytest.mark.parametrize("name", ["frskd", "ama"])
+def test_label_smoothing_applies_to_both_heads_cross_entropy_only(name: str) -> None:
+    """`label_smoothing` turns each head's CE into `ls`'s CE; the distillation terms are the
+    same as without it, and 0 is the hard-label loss of METHOD.md."""
+    x, y = _batch()
+    plain, model = _model(name)
+    smoothed = create_method(name, DistillConfig(label_smoothing=0.2), num_classes=6, epochs=200)
+    out = model(x)
+    a, b = plain.loss(out, y, epoch=10).parts, smoothed.loss(out, y, epoch=10).parts
+    logits, aux = out.logits.float(), out.aux_logits.float()
+    ce = torch.nn.functional.cross_entropy
+    torch.testing.assert_close(b["ce"], ce(logits, y, label_smoothing=0.2))
+    torch.testing.assert_close(b["ce_aux"], ce(aux, y, label_smoothing=0.2))
+    torch.testing.assert_close(a["ce"], ce(logits, y))
+    assert not torch.allclose(a["ce"], b["ce"])
+    for k in ("kd", "at", "mix"):
+        torch.testing.assert_close(a[k], b[k])
