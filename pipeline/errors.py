@@ -64,6 +64,12 @@ class ArtefactError(PipelineError):
     exit_code = 8
 
 
+class RunInUse(PipelineError):
+    """Another process is running the same run folder; running both would corrupt it."""
+
+    exit_code = 10
+
+
 class StorageError(StageError):
     """Writing failed: the disk is full, the folder is read-only or is not a folder. Whatever
     was finished before is kept; the message names the path."""

@@ -8,9 +8,14 @@ before. Only this module writes manifests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import __version__, stages
@@ -29,7 +34,14 @@ from pipeline.artifacts import (
     verify_files,
 )
 from pipeline.config import PipelineConfig, dump_config
-from pipeline.errors import ArtefactError, ConfigError, DataError, GateFailed, StageError
+from pipeline.errors import (
+    ArtefactError,
+    ConfigError,
+    DataError,
+    GateFailed,
+    RunInUse,
+    StageError,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -76,6 +88,53 @@ def run_pipeline(
         return _train_as_secondary_rank(cfg, selected, forced)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        return _run_locked(cfg, run_dir, selected, forced)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One process at a time per run folder. Two would write the same checkpoints and stage
+    folders; the second is refused, naming the first. The operating system drops the lock when
+    its holder exits, however it exits, so a killed run never leaves a stale one."""
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no advisory locks to take
+        yield
+        return
+    path = run_dir / LOCK_FILE
+    with storage_errors(run_dir, kept="nothing was changed"):
+        f = path.open("a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that did not say who it is"
+            raise RunInUse(
+                f"run folder {run_dir} is in use by another process ({holder}); wait for it "
+                "to finish, or run this one under another name (--set name=...)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(
+            f"pid {os.getpid()} on {socket.gethostname()}, since "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        f.flush()
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(f, fcntl.LOCK_UN)  # now, even if forked data workers still hold the file
+        f.close()
+
+
+def _run_locked(
+    cfg: PipelineConfig, run_dir: Path, selected: list[str], forced: set[str]
+) -> dict[str, Manifest]:
     (run_dir / "config.yaml").write_text(dump_config(cfg))
     ctx = make_context(cfg)
     _check_model_fits_data(cfg, ctx.data)

@@ -54,6 +54,7 @@ def test_stages_write_only_inside_their_own_folder(with_audit) -> None:
     top = {p.name for p in cfg.run_path.iterdir()}
     # Besides the stage folders: the resolved config, the log and the report built from manifests.
     allowed = {"config.yaml", "pipeline.log", "report.md", "report.html", "report.json", "figures"}
+    allowed.add(".lock")  # who holds the run while it runs
     assert top - folders <= allowed
     assert {"config.yaml", "report.md", "report.html", "report.json"} <= top
     for m in manifests.values():  # what each manifest lists is exactly what its folder holds
@@ -85,3 +86,29 @@ def test_the_table_lists_each_stage_once_with_known_inputs() -> None:
         assert s.name not in seen and set(s.inputs) <= seen, s  # inputs come earlier
         seen.add(s.name)
     assert replace(stages.get("train")).config == ("data", "model", "train")
+
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_first(tiny_cfg, tmp_path):
+    """Two processes on one run folder would write the same checkpoints; the second is refused
+    before it writes anything (the config included), with exit code 10, and the run is free
+    again once the first lets go."""
+    import os
+
+    from pipeline.__main__ import main
+    from pipeline.errors import RunInUse
+    from pipeline.runner import run_lock
+
+    run = tiny_cfg.run_path
+    run.mkdir(parents=True)
+    with run_lock(run):  # stands in for a run in another process (a lock is per open file)
+        with pytest.raises(RunInUse, match=f"in use by another process \\(pid {os.getpid()} on "):
+            run_pipeline(tiny_cfg, only="train")
+        assert not (run / "config.yaml").exists()
+        cfg_file = tmp_path / "c.yaml"
+        cfg_file.write_text("{}\n")
+        sets = sum(
+            (["--set", f"{k}={v}"] for k, v in [("run_dir", run.parent), ("name", run.name)]), []
+        )
+        assert main(["run", str(cfg_file), "--only", "train", *sets]) == 10
+    with run_lock(run):  # released: it can be taken again
+        pass
