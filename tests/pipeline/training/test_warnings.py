@@ -21,6 +21,10 @@ def test_chance_after_the_first_epochs_is_named_with_the_epochs_and_the_fix():
     assert not stalled({"epoch": 2, "train_top1": 0.1}, 10)
     assert stalled({"epoch": 3, "train_top1": 0.14}, 10)
     assert not stalled({"epoch": 3, "train_top1": 0.16}, 10)
+    assert stalled({"epoch": 3, "train_top1": 0.54}, 2) and not stalled(
+        {"epoch": 3, "train_top1": 0.6}, 2
+    )
+    assert stalled({"epoch": 5, "train_top1": 0.012}, 100)
     (w,) = training_warnings(_history([0.1, 0.1, 0.1, 0.11, 0.3]), {"top1": 0.3}, 10)
     assert "chance (1/10) at epoch 3 to 4" in w and "train.warmup_epochs" in w
 
