@@ -58,7 +58,7 @@ class DataConfig(Strict):
         "auto",
         description="hold the training images on the training device and crop/flip batches there "
         "(in-memory images at the input size; crop/flip augmentation); auto = when training on "
-        "a GPU and the training set allows it",
+        "a GPU, the training set allows it and takes at most a quarter of the GPU's memory",
     )
 
     @field_validator("name")

@@ -200,7 +200,17 @@ def train_on_device(setting: bool | str, bundle, device: torch.device) -> bool:
     why = unsupported_reason(bundle.train, bundle.preset)
     if setting is True and why is not None:
         raise ConfigError(f"data.on_device=true: {why}")
-    return why is None and (setting is True or device.type == "cuda")
+    if setting is True:
+        return True
+    if why is not None or device.type != "cuda":
+        return False
+    # auto leaves the GPU's memory to the model: at most a quarter of it for the images
+    images = bundle.train.base.images
+    size = images.element_size() * images[0].numel() * len(bundle.train)
+    return size <= ON_DEVICE_MAX_SHARE * torch.cuda.get_device_properties(device).total_memory
+
+
+ON_DEVICE_MAX_SHARE = 0.25
 
 
 def loaders(

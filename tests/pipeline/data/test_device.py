@@ -125,14 +125,18 @@ def test_what_cannot_be_made_on_the_device_says_why_and_what_to_set():
         DeviceBatches(train, rrc, 4, "cpu", seed=0)
 
 
-def test_on_device_resolves_auto_to_gpus_only_and_true_refuses_what_it_cannot_do():
+def test_on_device_resolves_auto_to_gpus_only_and_true_refuses_what_it_cannot_do(monkeypatch):
     from types import SimpleNamespace
 
     from pipeline.training.accel import train_on_device
 
-    ok = SimpleNamespace(train=_train(), preset=CROP_FLIP)
+    ok = SimpleNamespace(train=_train(), preset=CROP_FLIP)  # 40 x 3 x 32 x 32 bytes
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    gpu = SimpleNamespace(total_memory=4 * 40 * 3 * 32 * 32)  # the images take a quarter of it
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: gpu)
     assert not train_on_device("auto", ok, cpu) and train_on_device("auto", ok, cuda)
+    gpu.total_memory -= 1  # more than a quarter: auto leaves the memory to the model
+    assert not train_on_device("auto", ok, cuda) and train_on_device(True, ok, cpu)
     assert train_on_device(True, ok, cpu) and not train_on_device(False, ok, cuda)
     rrc = SimpleNamespace(
         train=_train(), preset=Preset(32, "cifar", "rrc_flip", 32, (0.5,) * 3, (0.5,) * 3)
