@@ -137,6 +137,20 @@ def paired(rows: list[dict], a: str, b: str) -> dict | None:
     return out or None
 
 
+BASELINES = ("ce", "ls")  # recovery controls: plain fine-tuning, and label smoothing
+
+
+def comparisons(rows: list[dict], methods: list[str]) -> dict[tuple[str, str], dict]:
+    """Each recovery method against each control that was run (`ce`, `ls`), paired by seed."""
+    out = {}
+    for b in (m for m in BASELINES if m in methods):
+        for a in (m for m in methods if m != b and not (m in BASELINES and b == "ls")):
+            g = paired(rows, a, b)
+            if g:
+                out[(a, b)] = g
+    return out
+
+
 def by_ratio(lines: list[dict]) -> list[dict]:
     """Per ratio (one architecture), latency as the median over every point's measurement and
     the speed-ups from medians against the unpruned median: single measurements on a busy
@@ -213,11 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     lines, md = table(rows)
     groups = by_ratio(lines)
-    methods = sorted({r["method"] for r in rows}, key=lambda m: m == "ce")  # the control last
-    gain = paired(rows, methods[0], methods[-1]) if len(methods) == 2 else None
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m == "ce", m == "ls"))
+    gains = comparisons(rows, methods)
     ref = lines[0]
     best = best_point(groups, ref["top1_fp32"])
-    summary = {"run": str(args.run), "points": lines, "by_ratio": groups, "paired_gain": gain,
+    summary = {"run": str(args.run), "points": lines, "by_ratio": groups,
+               "paired_gains": {f"{a} - {b}": g for (a, b), g in gains.items()},
                "best_within_1pt": best}  # fmt: skip
     write_json_atomic(out / "sweep.json", summary)
     text = [f"# Compression sweep of `{args.run}`", "", "Every point as measured:", "", md, ""]
@@ -246,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             f"(top-1 {100 * (best['top1_fp32'] - ref['top1_fp32']):+.2f} FP32, "
             f"{100 * (best['top1_int8'] - ref['top1_fp32']):+.2f} INT8)."
         )
-    if gain:
+    for (a, b), gain in gains.items():
         for ratio, g in gain.items():
             spread = f" +- {100 * g['std']:.2f}" if g["std"] is not None else ""
             text.append(
-                f"Ratio {ratio}: `{methods[0]}` minus `{methods[-1]}` recovery, paired by seed "
+                f"Ratio {ratio}: `{a}` minus `{b}` recovery, paired by seed "
                 f"{g['seeds']}: {', '.join(f'{100 * x:+.2f}' for x in g['gains'])} "
                 f"(mean {100 * g['mean']:+.2f}{spread} points)."
             )

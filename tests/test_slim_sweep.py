@@ -45,6 +45,10 @@ def test_table_gain_and_best_point(sweep, tmp_path):
     assert gain["0.5"]["gains"] == pytest.approx([0.02, 0.03])
     assert gain["0.5"]["mean"] == pytest.approx(0.025)
     assert "0.7" not in gain  # no ce point to pair with
+    with_ls = [*rows, _row(0.5, "ls", 0, 0.785, 1.0), _row(0.5, "ls", 1, 0.79, 1.0)]
+    pairs = sweep.comparisons(with_ls, ["ama", "ls", "ce"])
+    assert sorted(pairs) == [("ama", "ce"), ("ama", "ls"), ("ls", "ce")]  # no ce - ls
+    assert pairs[("ama", "ls")]["0.5"]["gains"] == pytest.approx([0.015, 0.01])
     groups = sweep.by_ratio(lines)
     assert [g["ratio"] for g in groups] == [0.5, 0.7]
     assert groups[0]["top1"]["ama"]["fp32"] == pytest.approx(0.80)
