@@ -225,8 +225,10 @@ def training_warnings(history: list[dict], test: dict, num_classes: int) -> list
     if "aux_top1" in test and test["aux_top1"] - test["top1"] > AUX_GAP:
         out.append(
             f"the classifier's test top-1 ({100 * test['top1']:.1f}%) ended far below its own "
-            f"self-teacher's ({100 * test['aux_top1']:.1f}%): the distillation did not pass on "
-            "what the self-teacher learned; try a lower train.lr or train.warmup_epochs"
+            f"self-teacher's ({100 * test['aux_top1']:.1f}%): the distillation has not passed on "
+            "what the self-teacher learned; a short schedule leaves it there (raise "
+            "train.epochs), and so can a rate too high for the distillation terms (lower "
+            "train.lr or set train.warmup_epochs)"
         )
     return out
 

@@ -36,6 +36,7 @@ def test_a_classifier_far_below_its_self_teacher_is_named():
     )
     assert len(ws) == 2
     assert "(27.0%) ended far below its own self-teacher's (85.3%)" in ws[1]
+    assert "train.epochs" in ws[1] and "train.warmup_epochs" in ws[1]
     assert training_warnings(_history([0.9]), {"top1": 0.80, "aux_top1": 0.89}, 10) == []
 
 
