@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline import stages  # noqa: E402
+from pipeline.artifacts import read_jsonl  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 
 log = logging.getLogger("bench.methods")
@@ -167,7 +168,7 @@ def fit_epoch(metrics_jsonl: Path, level: float = FIT_LEVEL) -> int | None:
     """The first epoch whose train top-1 reached `level` (None: never, or no history)."""
     if not metrics_jsonl.is_file():
         return None
-    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(metrics_jsonl)
     return next((r["epoch"] for r in rows if r.get("train_top1", 0.0) >= level), None)
 
 

@@ -105,7 +105,7 @@ class DeviceBatches(DataLoaderStateMixin):
 
     def _members(self) -> None:
         """Each sample's class as a run of a class-sorted order, for drawing partners."""
-        labels = self.labels.cpu()
+        labels = self.labels_cpu = self.labels.cpu()
         order = torch.sort(labels, stable=True).indices
         counts = torch.bincount(labels)
         starts = torch.cumsum(counts, 0) - counts
@@ -141,7 +141,7 @@ class DeviceBatches(DataLoaderStateMixin):
 
     def _partners(self, g: torch.Generator) -> torch.Tensor:
         """Per sample, another member of its class drawn uniformly (itself when alone)."""
-        labels = self.labels.cpu()
+        labels = self.labels_cpu
         count = self.counts[labels]
         r = (torch.rand(self.n, generator=g) * (count - 1).clamp(min=0)).long()
         r = r + (r >= self.pos).long()  # skip the sample itself

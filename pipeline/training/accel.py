@@ -229,20 +229,6 @@ def loaders(
     extras a method asks for (`SampleExtras`), as a third element. `device`: the training
     batches are made on that device (`DeviceBatches`, this process being `rank` of
     `plan.processes`) instead of by a DataLoader."""
-    if device is not None:
-        from pipeline.data.device import DeviceBatches
-
-        train = DeviceBatches(
-            bundle.train, bundle.preset, plan.per_process, device, seed=t.seed, rank=rank,
-            world=plan.processes, index=index, pair=pair,
-        )  # fmt: skip
-        rest = loaders(bundle, t, plan, workers, on_gpu)
-        return train, rest[1], rest[2]
-    train_set = bundle.train
-    if index or pair:
-        train_set = SampleExtras(train_set, index=index, pair=pair)
-    if t.deterministic:
-        train_set = SeededSamples(train_set, t.seed)
 
     def one(ds: Dataset, shuffle: bool) -> DataLoader:
         return make_loader(
@@ -258,4 +244,18 @@ def loaders(
             worker_init_fn=seed_worker,
         )
 
-    return one(train_set, True), one(bundle.val, False), one(bundle.test, False)
+    evals = one(bundle.val, False), one(bundle.test, False)
+    if device is not None:
+        from pipeline.data.device import DeviceBatches
+
+        train = DeviceBatches(
+            bundle.train, bundle.preset, plan.per_process, device, seed=t.seed, rank=rank,
+            world=plan.processes, index=index, pair=pair,
+        )  # fmt: skip
+        return train, *evals
+    train_set = bundle.train
+    if index or pair:
+        train_set = SampleExtras(train_set, index=index, pair=pair)
+    if t.deterministic:
+        train_set = SeededSamples(train_set, t.seed)
+    return one(train_set, True), *evals
