@@ -184,13 +184,9 @@ def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_p
             "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s", epoch, t.epochs, row["loss"],
             row["train_top1"], f"{val['top1']:.3f}" if "top1" in val else "-", row["images_per_s"],
         )  # fmt: skip
-        classes = tr.method.num_classes
-        if stalled(row, classes) and row["epoch"] == STALL_EPOCHS:
-            log.warning(
-                "train top-1 %.3f after %d epochs is chance (1/%d): the classifier has collapsed "
-                "or not started; consider stopping, and lowering train.lr or setting "
-                "train.warmup_epochs or train.grad_clip", row["train_top1"], epoch, classes,
-            )  # fmt: skip
+        warning = stall_warning(row, tr.method.num_classes)
+        if warning:
+            log.warning("%s", warning)
     acc.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
     tr.state.epoch, tr.state.batch, tr.state.partial = epoch, 0, {}
     tr.reset_sums()
@@ -210,6 +206,17 @@ def stalled(row: dict, num_classes: int) -> bool:
     never more than 5 points above 1 / K (two classes: 55%, not 75%)."""
     band = min(1.5 / num_classes, 1.0 / num_classes + 0.05)
     return row["epoch"] >= STALL_EPOCHS and row["train_top1"] < band
+
+
+def stall_warning(row: dict, num_classes: int) -> str | None:
+    """The warning for an epoch whose classifier is still at chance (None: it is not)."""
+    if not stalled(row, num_classes):
+        return None
+    return (
+        f"train top-1 {row['train_top1']:.3f} after {row['epoch']} epochs is chance "
+        f"(1/{num_classes}): the classifier has collapsed or not started; consider stopping, "
+        "and lowering train.lr or setting train.warmup_epochs or train.grad_clip"
+    )
 
 
 def training_warnings(history: list[dict], test: dict, num_classes: int) -> list[str]:

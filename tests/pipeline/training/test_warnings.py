@@ -3,7 +3,7 @@ its own self-teacher, named with what to change, in the metrics and in the repor
 
 from __future__ import annotations
 
-from pipeline.training.fit import stalled, training_warnings
+from pipeline.training.fit import stall_warning, stalled, training_warnings
 
 
 def _history(top1: list[float]) -> list[dict]:
@@ -25,6 +25,9 @@ def test_chance_after_the_first_epochs_is_named_with_the_epochs_and_the_fix():
         {"epoch": 3, "train_top1": 0.6}, 2
     )
     assert stalled({"epoch": 5, "train_top1": 0.012}, 100)
+    assert stall_warning({"epoch": 2, "train_top1": 0.1}, 10) is None
+    live = stall_warning({"epoch": 4, "train_top1": 0.101}, 10)  # logged as the epoch ends
+    assert "0.101 after 4 epochs is chance (1/10)" in live and "train.lr" in live
     (w,) = training_warnings(_history([0.1, 0.1, 0.1, 0.11, 0.3]), {"top1": 0.3}, 10)
     assert "chance (1/10) at epoch 3 to 4" in w and "train.warmup_epochs" in w
 
