@@ -1,5 +1,6 @@
 """The method benchmark's bookkeeping: variants, paired gains and ratios."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,33 @@ def test_gpu_check_loader_comparison_runs_both_paths(tmp_path, fresh_accelerate_
     )
     names = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert names == ["loader-dataloader", "loader-device"]
+
+
+def test_early_steps_writes_the_head_check_then_one_line_per_step_and_repeats(tmp_path):
+    from tests.fake_datasets import make_imagefolder
+
+    early = load_benchmark("early_steps")
+    root = make_imagefolder(tmp_path, n_train=6).folder
+    rows = []
+    for run in ("a", "b"):
+        out = tmp_path / f"{run}.jsonl"
+        args = ["--root", str(root), "--method", "ama", "--width", "0.125", "--batch", "4",
+                "--steps", "3", "--warmup", "2", "--set", "alpha=0", "--out", str(out)]  # fmt: skip
+        assert early.main(args) == 0
+        rows.append([json.loads(line) for line in out.read_text().splitlines()])
+    head, *steps = rows[0]
+    assert head["head_sharpness"] > 0 and head["stability_limit"] == pytest.approx(3.8)
+    assert [s["step"] for s in steps] == [0, 1, 2]
+    assert [s["lr"] for s in steps] == pytest.approx([0.05, 0.1, 0.1])  # warm-up over 2 steps
+    assert steps[0]["kd"] == 0.0 and len(steps[0]["feat_rms"]) == 4 and steps[0]["aux_acc"] >= 0
+
+    def same(r):
+        return {k: v for k, v in r.items() if k not in ("t", "args")}  # args name the file
+
+    assert [same(r) for r in rows[0]] == [same(r) for r in rows[1]]  # seeded: the same steps
+
+
+def test_early_steps_names_a_root_without_train(tmp_path):
+    early = load_benchmark("early_steps")
+    with pytest.raises(SystemExit, match="no train/ folder"):
+        early.main(["--root", str(tmp_path)])

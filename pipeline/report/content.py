@@ -180,6 +180,13 @@ def _training(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
         + (f" (self-teacher {f.pct(t['test_aux_top1'])})" if "test_aux_top1" in t else "")
         + "."
     )
+    hs = t.get("head_stability")
+    if hs:
+        text += (
+            f" At the first step the classifier head's sharpness was {hs['sharpness']:.1f}: "
+            f"lr {hs['lr']:g} x sharpness = {hs['lr'] * hs['sharpness']:.2f} against SGD's "
+            f"stability limit {hs['limit']:.2f} ({'past it' if hs['ratio'] > 1 else 'inside'})."
+        )
     blocks: list = [text]
     blocks += [f"**Warning:** {w}." for w in t.get("warnings", [])]
     if "training" in figures:

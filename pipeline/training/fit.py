@@ -29,6 +29,7 @@ from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
 from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
 from pipeline.training.model import build_training_model, model_spec
+from pipeline.training.stability import check_head, head_warning
 
 log = logging.getLogger("pipeline.train")
 
@@ -219,9 +220,12 @@ def stall_warning(row: dict, num_classes: int) -> str | None:
     )
 
 
-def training_warnings(history: list[dict], test: dict, num_classes: int) -> list[str]:
-    """What a run's numbers say went wrong, with what to change (empty when nothing did)."""
-    out = []
+def training_warnings(
+    history: list[dict], test: dict, num_classes: int, start: dict | None = None
+) -> list[str]:
+    """What a run's numbers say went wrong, with what to change (empty when nothing did);
+    `start`: the head-stability record taken before the first step, when there is one."""
+    out = [start["warning"]] if start and start.get("warning") else []
     stall = [h["epoch"] for h in history if stalled(h, num_classes)]
     if stall:
         out.append(
@@ -234,8 +238,9 @@ def training_warnings(history: list[dict], test: dict, num_classes: int) -> list
             f"the classifier's test top-1 ({100 * test['top1']:.1f}%) ended far below its own "
             f"self-teacher's ({100 * test['aux_top1']:.1f}%): the distillation has not passed on "
             "what the self-teacher learned; a short schedule leaves it there (raise "
-            "train.epochs), and so can a rate too high for the distillation terms (lower "
-            "train.lr or set train.warmup_epochs)"
+            "train.epochs), and so can a rate past the classifier head's stability limit, "
+            "where the distillation terms kill its last stage (see head_stability in the train "
+            "metrics; lower train.lr)"
         )
     return out
 
@@ -288,10 +293,44 @@ def _summary(
         metrics["test_aux_top1"] = test["aux_top1"]
     if last.get("val_aux_top1") is not None:
         metrics["val_aux_top1"] = last["val_aux_top1"]
-    metrics["warnings"] = training_warnings(history, test, tr.method.num_classes)
+    start = _read_head_stability(tr)
+    if start is not None:
+        metrics["head_stability"] = start
+    metrics["warnings"] = training_warnings(history, test, tr.method.num_classes, start)
     for w in metrics["warnings"]:
         log.warning("%s", w)
     return metrics
+
+
+HEAD_FILE = "head_stability.json"
+
+
+def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: Path) -> None:
+    """Before the first step of a run from its initial weights (not a resume, not a fine-tune):
+    is the peak learning rate past SGD's stability limit for the classifier's head? Rank 0
+    measures, logs a warning when it is, and keeps the record beside the checkpoints so a
+    resumed run still reports it."""
+    path = work / HEAD_FILE
+    if not tr.accelerator.is_main_process or path.is_file() or tr.checkpointer.latest():
+        return
+    t = cfg.train
+    est = check_head(
+        tr.accelerator.unwrap_model(tr.model), tr.method, bundle.train, t, scaled_lr(t),
+        tr.accelerator.device, tr.channels_last,
+    )  # fmt: skip
+    record = {**est.to_dict(), "warning": head_warning(est, t.lr)}
+    log.info(
+        "classifier head at the initial weights: sharpness %.1f, lr x sharpness %.2f, "
+        "stability limit %.2f", est.sharpness, est.lr * est.sharpness, est.limit,
+    )  # fmt: skip
+    if record["warning"]:
+        log.warning("%s", record["warning"])
+    _write_outputs_guarded(path, lambda: write_json_atomic(path, record))
+
+
+def _read_head_stability(tr: Trainer) -> dict | None:
+    path = tr.checkpointer.work / HEAD_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _rank_hashes(tr: Trainer) -> list[str]:
@@ -334,6 +373,8 @@ def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None 
     t_start = time.perf_counter()
     spec = start_spec(cfg, bundle, start)
     tr = _build(cfg, bundle, work, spec, start)
+    if start is None:
+        _head_stability(tr, cfg, bundle, work)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
         history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import stages
+from pipeline.training.fit import HEAD_FILE
 from tests.pipeline.training.test_resume import REPO
 
 TINY_DDP = [
@@ -63,7 +64,7 @@ def test_two_gloo_processes_train_with_equal_weights_and_same_layout(tmp_path):
     assert (
         _layout(single)
         == _layout(multi)
-        == ["manifest.json", "metrics.jsonl", "model.json", "model.safetensors"]
+        == [HEAD_FILE, "manifest.json", "metrics.jsonl", "model.json", "model.safetensors"]
     )
     m = json.loads((multi / "manifest.json").read_text())
     assert m["status"] == "complete" and m["metrics"]["processes"] == 2

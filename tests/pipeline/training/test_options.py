@@ -89,6 +89,12 @@ def test_training_without_any_checkpoint_completes(tiny_overrides):
     assert m.complete and m.metrics["test_top1"] >= 0.0
 
 
+def _no_head_check(monkeypatch) -> None:
+    """The poisoned losses count training steps: the check before the first step (which calls
+    the method's loss once) is left out of these runs."""
+    monkeypatch.setattr("pipeline.training.fit._head_stability", lambda *args: None)
+
+
 def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monkeypatch):
     from pipeline.distill.methods import CrossEntropy
 
@@ -102,6 +108,7 @@ def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monk
         return res
 
     monkeypatch.setattr(CrossEntropy, "loss", poisoned)
+    _no_head_check(monkeypatch)
     with pytest.raises(
         StageError, match=r"non-finite loss at epoch 1, batch 5 \(optimizer step 5\)"
     ):
@@ -128,6 +135,7 @@ def test_nan_skip_counts_and_gives_up_past_the_limit(tiny_overrides, monkeypatch
 
     poisoned.n = 0
     monkeypatch.setattr(CrossEntropy, "loss", poisoned)
+    _no_head_check(monkeypatch)
     _, m = _train(tiny_overrides, ["train.on_nan=skip", "train.max_nan_skips=2"])
     assert m.metrics["nan_skips"] == 2
     poisoned.n, bad = 0, {1, 2, 3}

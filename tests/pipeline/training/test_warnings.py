@@ -39,8 +39,16 @@ def test_a_classifier_far_below_its_self_teacher_is_named():
     )
     assert len(ws) == 2
     assert "(27.0%) ended far below its own self-teacher's (85.3%)" in ws[1]
-    assert "train.epochs" in ws[1] and "train.warmup_epochs" in ws[1]
+    assert "train.epochs" in ws[1] and "stability limit" in ws[1] and "train.lr" in ws[1]
     assert training_warnings(_history([0.9]), {"top1": 0.80, "aux_top1": 0.89}, 10) == []
+
+
+def test_a_start_past_the_stability_limit_comes_first_and_a_record_without_one_adds_nothing():
+    start = {"ratio": 3.5, "warning": "the learning rate starts past SGD's stability limit"}
+    ws = training_warnings(_history([0.9]), {"top1": 0.9}, 10, start)
+    assert ws == [start["warning"]]
+    inside = {"ratio": 0.4, "warning": None}
+    assert training_warnings(_history([0.9]), {"top1": 0.9}, 10, inside) == []
 
 
 def test_the_report_shows_the_warnings_in_its_training_section():
@@ -53,5 +61,9 @@ def test_the_report_shows_the_warnings_in_its_training_section():
     }  # fmt: skip
     section = _training({"training": t}, {})
     assert "**Warning:** the classifier's train top-1 was at chance." in section.blocks
+    assert "sharpness" not in section.blocks[0]  # runs from before the check existed
+    t["head_stability"] = {"sharpness": 56.0, "lr": 0.1, "limit": 3.8, "ratio": 5.6 / 3.8}
+    text = _training({"training": t}, {}).blocks[0]
+    assert "lr 0.1 x sharpness = 5.60 against SGD's stability limit 3.80 (past it)" in text
     del t["warnings"]  # runs from before the field existed
     assert not any("Warning" in str(b) for b in _training({"training": t}, {}).blocks)

@@ -1,0 +1,136 @@
+"""The first optimizer steps of one method, step by step: does the classifier survive its start?
+
+Trains a CIFAR ResNet-18 of the given width from its initial weights on the train split of an
+ImageFolder set (cifar10-small by default) for `--steps` SGD steps (momentum 0.9, weight decay
+5e-4, the method's own loss at epoch 0 of a 15-epoch schedule, so `ama`'s mixed term is on from
+the first step), and writes one JSON line per step: loss terms, both heads' batch top-1, the
+largest |logit|, the RMS of every stage's features, the gradient norm and the learning rate.
+The first line holds the classifier head's sharpness at the initial weights on the first batch
+(`pipeline/training/stability.py`) against momentum SGD's stability limit.
+
+Batches are drawn with replacement from the whole train split held in memory (normalised, random
+horizontal flip), from a generator seeded with `--seed`: the same command gives the same steps.
+
+    python benchmarks/early_steps.py --method ama --width 1 --batch 128 --lr 0.1 --steps 40 \
+        --out benchmarks/results/early-steps-r18w1-c10s/ama-lr0.1.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.config import DistillConfig  # noqa: E402
+from pipeline.data.presets import PRESETS  # noqa: E402
+from pipeline.training.model import build_training_model  # noqa: E402
+from pipeline.training.stability import head_sharpness, stability_limit  # noqa: E402
+
+DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-small"
+MOMENTUM, WEIGHT_DECAY, SCHEDULE_EPOCHS = 0.9, 5e-4, 15
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="ImageFolder set with train/")
+    p.add_argument("--method", default="ama")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (not scaled)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--warmup", type=int, default=0, help="linear warm-up over this many steps")
+    p.add_argument("--clip", type=float, default=None, help="max gradient norm")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="train.distill setting, e.g. --set alpha=0 (value read as JSON)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="JSON lines file (default: stdout)")
+    return p.parse_args(argv)
+
+
+def load_train(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """All train images of an ImageFolder set, CIFAR-normalised, as one float tensor."""
+    train = root / "train"
+    if not train.is_dir():
+        raise SystemExit(f"no train/ folder under {root}: pass --root an ImageFolder data set")
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir())
+    xs, ys = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((train / c).iterdir()):
+            xs.append(np.asarray(Image.open(f).convert("RGB")))
+            ys.append(i)
+    x = torch.tensor(np.stack(xs)).permute(0, 3, 1, 2).float() / 255
+    preset = PRESETS["cifar10"]
+    mean = torch.tensor(preset.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preset.std).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.tensor(ys)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    torch.manual_seed(a.seed)
+    images, labels = load_train(a.root)
+    distill = DistillConfig(**{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
+    spec = {"arch": "resnet18", "stem": "cifar", "width": a.width,
+            "num_classes": int(labels.max()) + 1, "method": a.method}  # fmt: skip
+    model, method = build_training_model(spec, distill, epochs=SCHEDULE_EPOCHS)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    model.train()
+    gen = torch.Generator().manual_seed(a.seed)
+    out_file = a.out.open("w") if a.out else sys.stdout
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        for step in range(a.steps):
+            lr = a.lr * min(1.0, (step + 1) / a.warmup) if a.warmup else a.lr
+            for group in opt.param_groups:
+                group["lr"] = lr
+            idx = torch.randint(0, len(images), (a.batch,), generator=gen)
+            x, y = images[idx], labels[idx]
+            flip = torch.rand(a.batch, generator=gen) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+            x = x.contiguous(memory_format=torch.channels_last)
+            if step == 0:
+                s = head_sharpness(model, method, x, y)
+                limit = stability_limit(MOMENTUM, False)
+                head = {"head_sharpness": round(s, 2), "peak_lr_x_sharpness": round(a.lr * s, 2),
+                        "stability_limit": limit, "args": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
+                print(json.dumps(head), file=out_file, flush=True)
+            out = model(x)
+            loss = method.loss(out, y, epoch=0)
+            opt.zero_grad()
+            loss.total.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip or float("inf"))
+            opt.step()
+            row = {
+                "step": step, "lr": lr, "t": round(time.time() - t0),
+                "acc": round((out.logits.argmax(1) == y).float().mean().item(), 3),
+                "aux_acc": None if out.aux_logits is None
+                else round((out.aux_logits.argmax(1) == y).float().mean().item(), 3),
+                "grad_norm": round(norm.item(), 2),
+                "logit_max": round(out.logits.detach().abs().max().item(), 1),
+                "feat_rms": [round(f.detach().float().pow(2).mean().sqrt().item(), 3)
+                             for f in out.features],
+                **{k: round(v.item(), 3) for k, v in loss.parts.items()},
+            }  # fmt: skip
+            print(json.dumps(row), file=out_file, flush=True)
+    finally:
+        if a.out:
+            out_file.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
