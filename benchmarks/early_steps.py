@@ -55,7 +55,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON lines file (default: stdout)")
+    p.add_argument(
+        "--table", type=Path, default=None, metavar="FOLDER",
+        help="train nothing: print the Markdown table of the runs (*.jsonl) in FOLDER",
+    )  # fmt: skip
     return p.parse_args(argv)
+
+
+def summarise(path: Path, last: int = 10) -> dict:
+    """One run's file in a row: its start against the limit, how far the logits went, how low
+    the last stage's features fell, and both heads' batch top-1 over the last steps."""
+    head, *steps = [json.loads(line) for line in path.read_text().splitlines()]
+    tail = steps[-last:]
+    aux = [s["aux_acc"] for s in tail if s["aux_acc"] is not None]
+    return {
+        "run": path.stem,
+        "steps": len(steps),
+        "lr_x_sharpness": head["peak_lr_x_sharpness"],
+        "limit": head["stability_limit"],
+        "logit_max": max(s["logit_max"] for s in steps),
+        "last_stage_rms_min": min(s["feat_rms"][-1] for s in steps),
+        "last_stage_rms_end": steps[-1]["feat_rms"][-1],
+        "acc_end": sum(s["acc"] for s in tail) / len(tail),
+        "aux_acc_end": sum(aux) / len(aux) if aux else None,
+    }
+
+
+def table(folder: Path) -> str:
+    rows = [summarise(p) for p in sorted(folder.glob("*.jsonl"))]
+    if not rows:
+        raise SystemExit(f"no *.jsonl runs in {folder}")
+    lines = [
+        "| run | steps | peak lr x head sharpness (limit 3.8) | max abs logit | last-stage RMS: "
+        "lowest, at the end | classifier top-1, last 10 steps | self-teacher |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        aux = "" if r["aux_acc_end"] is None else f"{100 * r['aux_acc_end']:.1f}%"
+        lines.append(
+            f"| {r['run']} | {r['steps']} | {r['lr_x_sharpness']:.2f} | {r['logit_max']:.0f} | "
+            f"{r['last_stage_rms_min']:.3f}, {r['last_stage_rms_end']:.3f} | "
+            f"{100 * r['acc_end']:.1f}% | {aux} |"
+        )
+    return "\n".join(lines)
 
 
 def load_train(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +120,9 @@ def load_train(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    if a.table is not None:
+        print(table(a.table))
+        return 0
     torch.manual_seed(a.seed)
     images, labels = load_train(a.root)
     distill = DistillConfig(**{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
@@ -88,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     model.train()
     gen = torch.Generator().manual_seed(a.seed)
-    out_file = a.out.open("w") if a.out else sys.stdout
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
+    out_file = a.out.open("w") if a.out else sys.stdout
     t0 = time.time()
     try:
         for step in range(a.steps):

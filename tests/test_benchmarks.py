@@ -177,7 +177,7 @@ def test_early_steps_writes_the_head_check_then_one_line_per_step_and_repeats(tm
     root = make_imagefolder(tmp_path, n_train=6).folder
     rows = []
     for run in ("a", "b"):
-        out = tmp_path / f"{run}.jsonl"
+        out = tmp_path / "new" / f"{run}.jsonl"  # a folder that is not there yet
         args = ["--root", str(root), "--method", "ama", "--width", "0.125", "--batch", "4",
                 "--steps", "3", "--warmup", "2", "--set", "alpha=0", "--out", str(out)]  # fmt: skip
         assert early.main(args) == 0
@@ -192,6 +192,12 @@ def test_early_steps_writes_the_head_check_then_one_line_per_step_and_repeats(tm
         return {k: v for k, v in r.items() if k not in ("t", "args")}  # args name the file
 
     assert [same(r) for r in rows[0]] == [same(r) for r in rows[1]]  # seeded: the same steps
+    row = early.summarise(tmp_path / "new" / "a.jsonl")
+    assert row["steps"] == 3 and row["logit_max"] == max(s["logit_max"] for s in steps)
+    assert row["last_stage_rms_end"] == steps[-1]["feat_rms"][-1]
+    assert row["acc_end"] == pytest.approx(sum(s["acc"] for s in steps) / 3)
+    lines = early.table(tmp_path / "new").splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| a | 3 |") and lines[3].startswith("| b |")
 
 
 def test_early_steps_names_a_root_without_train(tmp_path):

@@ -314,10 +314,16 @@ def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: 
     if not tr.accelerator.is_main_process or path.is_file() or tr.checkpointer.latest():
         return
     t = cfg.train
-    est = check_head(
-        tr.accelerator.unwrap_model(tr.model), tr.method, bundle.train, t, scaled_lr(t),
-        tr.accelerator.device, tr.channels_last,
-    )  # fmt: skip
+    model = tr.accelerator.unwrap_model(tr.model)
+    model = getattr(model, "_orig_mod", model)  # under torch.compile: the module it compiled
+    try:
+        est = check_head(
+            model, tr.method, bundle.train, t, scaled_lr(t),
+            tr.accelerator.device, tr.channels_last,
+        )  # fmt: skip
+    except Exception as e:  # a diagnostic: a model or method it cannot read must not stop training
+        log.warning("head-stability check skipped: %s: %s", type(e).__name__, e)
+        return
     record = {**est.to_dict(), "warning": head_warning(est, t.lr)}
     log.info(
         "classifier head at the initial weights: sharpness %.1f, lr x sharpness %.2f, "

@@ -176,3 +176,20 @@ def test_a_head_that_is_not_linear_is_named():
 
     with pytest.raises(TypeError, match="no linear classifier head"):
         head_sharpness(NoHead(), None, torch.zeros(1), torch.zeros(1))
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_check_that_cannot_run_is_logged_and_training_goes_on(
+    tiny_overrides, caplog, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a method this check cannot feed")
+
+    monkeypatch.setattr("pipeline.training.fit.check_head", broken)
+    caplog.set_level("WARNING", logger="pipeline.train")
+    cfg = load_config(None, [*tiny_overrides, "data.max_per_class=12", "train.epochs=1"])
+    m = run_pipeline(cfg, only="train")["train"]
+    assert m.complete and "head_stability" not in m.metrics
+    assert (
+        "head-stability check skipped: RuntimeError: a method this check cannot feed" in caplog.text
+    )
