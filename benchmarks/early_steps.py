@@ -2,8 +2,10 @@
 
 Trains a CIFAR ResNet-18 of the given width from its initial weights on the train split of an
 ImageFolder set (cifar10-small by default) for `--steps` SGD steps (momentum 0.9, weight decay
-5e-4, the method's own loss at epoch 0 of a 15-epoch schedule, so `ama`'s mixed term is on from
-the first step), and writes one JSON line per step: loss terms, both heads' batch top-1, the
+5e-4, the method's own loss in a 15-epoch schedule, so `ama`'s mixed term is on from the first
+step; an epoch is as many steps as batches fit in the train split, so `--set kd_warmup_epochs=4`
+ramps the KL term over the first five epochs' steps), and writes one JSON line per step: its
+epoch, loss terms, both heads' batch top-1, the
 largest |logit|, the RMS of every stage's features, the gradient norm and the learning rate.
 The first line holds the classifier head's sharpness at the initial weights on the first batch
 (`pipeline/training/stability.py`) against momentum SGD's stability limit.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -136,9 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
     out_file = a.out.open("w") if a.out else sys.stdout
+    steps_per_epoch = max(1, math.ceil(len(images) / a.batch))
     t0 = time.time()
     try:
         for step in range(a.steps):
+            epoch = step // steps_per_epoch
             lr = a.lr * min(1.0, (step + 1) / a.warmup) if a.warmup else a.lr
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -154,13 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                         "stability_limit": limit, "args": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
                 print(json.dumps(head), file=out_file, flush=True)
             out = model(x)
-            loss = method.loss(out, y, epoch=0)
+            loss = method.loss(out, y, epoch=epoch)
             opt.zero_grad()
             loss.total.backward()
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip or float("inf"))
             opt.step()
             row = {
-                "step": step, "lr": lr, "t": round(time.time() - t0),
+                "step": step, "epoch": epoch, "lr": lr, "t": round(time.time() - t0),
                 "acc": round((out.logits.argmax(1) == y).float().mean().item(), 3),
                 "aux_acc": None if out.aux_logits is None
                 else round((out.aux_logits.argmax(1) == y).float().mean().item(), 3),

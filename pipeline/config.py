@@ -164,6 +164,13 @@ class DistillConfig(Strict):
     mix_warmup_epochs: int | None = Field(
         None, ge=0, description="epochs without L_mix; None scales 5 of 200 with the schedule"
     )
+    kd_warmup_epochs: int = Field(
+        0,
+        ge=0,
+        description="frskd/ama: the KL term's weight rises linearly over these first epochs, "
+        "alpha * (e + 1) / (kd_warmup_epochs + 1) in 0-based epoch e, then alpha (0 = off, "
+        "METHOD.md); it eases the classifier head's sharpness at the start (docs/methods.md)",
+    )
     label_smoothing: float = Field(
         0.0,
         ge=0.0,

@@ -200,6 +200,28 @@ def test_early_steps_writes_the_head_check_then_one_line_per_step_and_repeats(tm
     assert len(lines) == 4 and lines[2].startswith("| a | 3 |") and lines[3].startswith("| b |")
 
 
+def test_early_steps_count_epochs_so_a_kl_warm_up_ramps_over_them(tmp_path):
+    """12 images in batches of 4: three steps an epoch. alpha 2 ramped over one epoch is alpha 1
+    in the first epoch (the same steps as a constant alpha 1) and doubles the KL term after."""
+    from tests.fake_datasets import make_imagefolder
+
+    early = load_benchmark("early_steps")
+    root = make_imagefolder(tmp_path, n_train=4).folder
+    runs = {}
+    for name, sets in (("ramp", ["alpha=2", "kd_warmup_epochs=1"]), ("one", ["alpha=1"])):
+        out = tmp_path / f"{name}.jsonl"
+        args = ["--root", str(root), "--method", "frskd", "--width", "0.125", "--batch", "4",
+                "--steps", "4", "--out", str(out)]  # fmt: skip
+        assert early.main([*args, *sum((["--set", s] for s in sets), [])]) == 0
+        runs[name] = [json.loads(line) for line in out.read_text().splitlines()[1:]]
+    ramp, one = runs["ramp"], runs["one"]
+    assert [s["epoch"] for s in ramp] == [0, 0, 0, 1]
+    for a, b in zip(ramp[:3], one[:3], strict=True):
+        assert {k: v for k, v in a.items() if k != "t"} == {k: v for k, v in b.items() if k != "t"}
+    assert ramp[3]["ce"] == one[3]["ce"] and one[3]["kd"] > 0
+    assert ramp[3]["kd"] == pytest.approx(2 * one[3]["kd"], abs=2e-3)
+
+
 def test_early_steps_names_a_root_without_train(tmp_path):
     early = load_benchmark("early_steps")
     with pytest.raises(SystemExit, match="no train/ folder"):

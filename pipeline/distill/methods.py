@@ -122,6 +122,14 @@ class SelfKD(Method):
             return self.cfg.mix_warmup_epochs
         return int(math.floor(5 / 200 * self.epochs + 0.5))
 
+    def kd_weight(self, epoch: int) -> float:
+        """The KL term's weight in 0-based `epoch`: alpha, ramped up linearly over the first
+        `kd_warmup_epochs` epochs (alpha * (epoch + 1) / (kd_warmup_epochs + 1))."""
+        w = self.cfg.kd_warmup_epochs
+        if epoch >= w:
+            return self.cfg.alpha
+        return self.cfg.alpha * (epoch + 1) / (w + 1)
+
     def mix_active(self, epoch: int) -> bool:
         return self.use_mix and self.cfg.beta_mix > 0 and epoch >= self.mix_warmup_epochs
 
@@ -136,7 +144,7 @@ class SelfKD(Method):
         parts = {
             "ce": F.cross_entropy(out.logits.float(), targets, label_smoothing=eps),
             "ce_aux": F.cross_entropy(out.aux_logits.float(), targets, label_smoothing=eps),
-            "kd": c.alpha * kd_loss(out.logits, out.aux_logits, c.temperature),
+            "kd": self.kd_weight(epoch) * kd_loss(out.logits, out.aux_logits, c.temperature),
             "at": c.beta * attention_transfer(s_atts, t_atts),
         }
         total = sum(parts.values())

@@ -41,6 +41,7 @@ def test_overrides_are_typed_yaml():
         ("train.mixed_precision=yes", ["train.mixed_precision", "'bf16'"]),
         ("data.on_device=gpu", ["data.on_device", "'auto'"]),
         ("train.distill.label_smoothing=1", ["train.distill.label_smoothing", "less than 1"]),
+        ("train.distill.kd_warmup_epochs=-1", ["train.distill.kd_warmup_epochs", "0"]),
     ],
 )
 def test_bad_values_name_field_value_and_allowed(override, expected):

@@ -23,11 +23,11 @@ from pipeline.training.stability import (
 )
 
 
-def _model(method: str, classes: int = 3, width: float = 0.125):
+def _model(method: str, classes: int = 3, width: float = 0.125, **distill):
     torch.manual_seed(0)
     spec = {"arch": "resnet18", "stem": "cifar", "width": width, "num_classes": classes,
             "method": method}  # fmt: skip
-    return build_training_model(spec, DistillConfig(), epochs=10)
+    return build_training_model(spec, DistillConfig(**distill), epochs=10)
 
 
 def _batch(n: int = 12, classes: int = 3):
@@ -85,6 +85,16 @@ def test_a_kl_term_adds_curvature_to_the_head():
     ce = head_sharpness(*_model("ce"), x, y)
     frskd = head_sharpness(*_model("frskd"), x, y)  # same seed: the same classifier weights
     assert frskd > 1.2 * ce
+
+
+def test_a_kl_warm_up_eases_the_head_at_the_first_step():
+    """With `kd_warmup_epochs`, the first epoch weighs the KL term alpha / (warm-up + 1): the
+    check, which reads the first step's loss, sees the head between ce's and frskd's."""
+    x, y = _batch()
+    ce = head_sharpness(*_model("ce"), x, y)
+    frskd = head_sharpness(*_model("frskd"), x, y)
+    eased = head_sharpness(*_model("frskd", kd_warmup_epochs=9), x, y)  # the same weights
+    assert ce < eased < frskd
 
 
 def test_the_check_changes_nothing_the_run_uses():
