@@ -4,9 +4,9 @@ Trains a CIFAR ResNet-18 of the given width from its initial weights on the trai
 ImageFolder set (cifar10-small by default) for `--steps` SGD steps (momentum 0.9, weight decay
 5e-4, the method's own loss in a 15-epoch schedule, so `ama`'s mixed term is on from the first
 step; an epoch is as many steps as batches fit in the train split, so `--set kd_warmup_epochs=4`
-ramps the KL term over the first five epochs' steps), and writes one JSON line per step: its
-epoch, loss terms, both heads' batch top-1, the
-largest |logit|, the RMS of every stage's features, the gradient norm and the learning rate.
+ramps the KL term's weight over the first four epochs' steps), and writes one JSON line per
+step: its epoch, loss terms, both heads' batch top-1, the largest |logit|, the RMS of every
+stage's features, the gradient norm and the learning rate.
 The first line holds the classifier head's sharpness at the initial weights on the first batch
 (`pipeline/training/stability.py`) against momentum SGD's stability limit.
 

@@ -169,7 +169,8 @@ class DistillConfig(Strict):
         ge=0,
         description="frskd/ama: the KL term's weight rises linearly over these first epochs, "
         "alpha * (e + 1) / (kd_warmup_epochs + 1) in 0-based epoch e, then alpha (0 = off, "
-        "METHOD.md); it eases the classifier head's sharpness at the start (docs/methods.md)",
+        "METHOD.md); it eases the classifier head's sharpness at the start (docs/methods.md); "
+        "the slim stage's recovery of a trained network uses alpha throughout",
     )
     label_smoothing: float = Field(
         0.0,

@@ -153,11 +153,15 @@ def prune(cfg, ctx: StageContext, train_dir: Path, pruned_dir: Path) -> dict[str
 
 
 def recovery_config(cfg):
+    """The train settings of the fine-tuning: the slim stage's schedule and method. The KL
+    warm-up is for a head at its initial weights, so a trained one is distilled at alpha from
+    the first step."""
     s = cfg.slim
+    distill = cfg.train.distill.model_copy(update={"kd_warmup_epochs": 0})
     train = cfg.train.model_copy(
         update={
             "method": recovery_method(cfg), "epochs": s.epochs, "lr": s.lr,
-            "schedule": s.schedule, "warmup_epochs": s.warmup_epochs,
+            "schedule": s.schedule, "warmup_epochs": s.warmup_epochs, "distill": distill,
         }
     )  # fmt: skip
     return cfg.model_copy(update={"train": train})

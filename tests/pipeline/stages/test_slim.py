@@ -174,6 +174,17 @@ def test_bad_slim_config_is_refused_with_the_key(sets, message):
         load_config(None, sets)
 
 
+def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
+    from pipeline.stages.slim import recovery_config
+
+    cfg = load_config(None, ["train.method=ama", "train.distill.kd_warmup_epochs=5",
+                             "train.distill.alpha=1.5", "slim.ratio=0.5", "slim.epochs=3"])  # fmt: skip
+    train = recovery_config(cfg).train
+    assert (train.method, train.epochs, train.lr) == ("ama", 3, cfg.slim.lr)
+    assert train.distill.kd_warmup_epochs == 0 and train.distill.alpha == 1.5
+    assert cfg.train.distill.kd_warmup_epochs == 5  # the run's own config is left as it was
+
+
 def test_slim_off_passes_the_trained_model_through_unchanged(tiny_overrides):
     from pipeline.artifacts import sha256_file
     from pipeline.runner import run_pipeline
