@@ -167,8 +167,8 @@ class DistillConfig(Strict):
     kd_warmup_epochs: int = Field(
         0,
         ge=0,
-        description="frskd/ama: the KL term's weight rises linearly over these first epochs, "
-        "alpha * (e + 1) / (kd_warmup_epochs + 1) in 0-based epoch e, then alpha (0 = off, "
+        description="frskd/ama: the KL term's weight rises linearly from 0 over these first "
+        "epochs, alpha * e / kd_warmup_epochs in 0-based epoch e, then alpha (0 = off, "
         "METHOD.md); it eases the classifier head's sharpness at the start (docs/methods.md); "
         "the slim stage's recovery of a trained network uses alpha throughout",
     )

@@ -123,12 +123,13 @@ class SelfKD(Method):
         return int(math.floor(5 / 200 * self.epochs + 0.5))
 
     def kd_weight(self, epoch: int) -> float:
-        """The KL term's weight in 0-based `epoch`: alpha, ramped up linearly over the first
-        `kd_warmup_epochs` epochs (alpha * (epoch + 1) / (kd_warmup_epochs + 1))."""
+        """The KL term's weight in 0-based `epoch`: alpha, ramped up linearly from 0 over the
+        first `kd_warmup_epochs` epochs (alpha * epoch / kd_warmup_epochs), so the first epoch
+        of a warm-up has no KL term."""
         w = self.cfg.kd_warmup_epochs
         if epoch >= w:
             return self.cfg.alpha
-        return self.cfg.alpha * (epoch + 1) / (w + 1)
+        return self.cfg.alpha * epoch / w
 
     def mix_active(self, epoch: int) -> bool:
         return self.use_mix and self.cfg.beta_mix > 0 and epoch >= self.mix_warmup_epochs

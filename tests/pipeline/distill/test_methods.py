@@ -225,18 +225,18 @@ def test_default_warm_up_is_5_of_200_scaled() -> None:
 
 @pytest.mark.parametrize("name", ["frskd", "ama"])
 def test_kd_warm_up_ramps_the_kl_weight_linearly_then_holds_alpha(name: str) -> None:
-    """alpha * (e + 1) / (W + 1) in 0-based epoch e < W, then alpha; W = 0 is METHOD.md's
-    constant alpha. Only the KL term moves."""
+    """alpha * e / W in 0-based epoch e < W (none in the first epoch), then alpha; W = 0 is
+    METHOD.md's constant alpha. Only the KL term moves."""
     x, y = _batch()
     plain, model = _model(name, alpha=2.0)
     ramped = create_method(
         name, DistillConfig(alpha=2.0, kd_warmup_epochs=3), num_classes=6, epochs=200
     )
-    assert [ramped.kd_weight(e) for e in range(6)] == pytest.approx([0.5, 1.0, 1.5, 2, 2, 2])
+    assert [ramped.kd_weight(e) for e in range(6)] == pytest.approx([0, 2 / 3, 4 / 3, 2, 2, 2])
     assert [plain.kd_weight(e) for e in (0, 1, 199)] == [2.0, 2.0, 2.0]
     out = model(x)
     kd = kd_loss(out.logits, out.aux_logits, 4.0)
-    for epoch, weight in ((0, 0.5), (2, 1.5), (3, 2.0), (50, 2.0)):
+    for epoch, weight in ((0, 0.0), (2, 4 / 3), (3, 2.0), (50, 2.0)):
         a, b = plain.loss(out, y, epoch=epoch).parts, ramped.loss(out, y, epoch=epoch).parts
         torch.testing.assert_close(b["kd"], weight * kd.detach())
         for k in ("ce", "ce_aux", "at", "mix"):
