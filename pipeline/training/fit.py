@@ -324,7 +324,8 @@ def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: 
     except Exception as e:  # a diagnostic: a model or method it cannot read must not stop training
         log.warning("head-stability check skipped: %s: %s", type(e).__name__, e)
         return
-    record = {**est.to_dict(), "warning": head_warning(est, t.lr)}
+    kl_from_start = hasattr(tr.method, "kd_weight") and tr.method.kd_weight(0) > 0
+    record = {**est.to_dict(), "warning": head_warning(est, t.lr, kl_from_start=kl_from_start)}
     log.info(
         "classifier head at the initial weights: sharpness %.1f, lr x sharpness %.2f, "
         "stability limit %.2f", est.sharpness, est.lr * est.sharpness, est.limit,

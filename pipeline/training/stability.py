@@ -157,17 +157,29 @@ def check_head(
     )
 
 
-def head_warning(est: HeadStability, reference_lr: float) -> str | None:
-    """The warning for a run that starts past the limit (None: it starts inside)."""
+def head_warning(
+    est: HeadStability, reference_lr: float, *, kl_from_start: bool = False
+) -> str | None:
+    """The warning for a run that starts past the limit (None: it starts inside).
+    `kl_from_start`: the method distils its self-teacher's predictions (a KL term) from the
+    first step, and a KL warm-up would start the head at `ce`'s sharpness."""
     if est.ratio <= 1.0:
         return None
     factor = est.lr / reference_lr
+    warm_up = (
+        "; or train.distill.kd_warmup_epochs=3, which leaves the KL term out of the first "
+        "epoch and ramps it in, so the head starts at `ce`'s sharpness (it kept the classifier "
+        "learning in benchmarks/README.md, 'Early steps')"
+        if kl_from_start
+        else ""
+    )
     return (
         f"the learning rate starts past SGD's stability limit: the classifier head's sharpness "
         f"at the initial weights is {est.sharpness:.1f}, so lr {est.lr:g} x sharpness = "
         f"{est.lr * est.sharpness:.1f}, over the limit {est.limit:.1f} for this momentum; the "
         "first steps will overshoot and blow the logits up (a self-distilled classifier's last "
         "stage can die there and stay near chance for many epochs, while `ce` usually "
-        f"recovers). train.lr under {est.stable_lr / factor:.3g} starts inside the limit; "
-        "sharpness also grows as training starts, so watch the first epochs' train top-1"
+        f"recovers). train.lr under {est.stable_lr / factor:.3g} starts inside the limit"
+        f"{warm_up}; sharpness also grows as training starts, so watch the first epochs' train "
+        "top-1"
     )

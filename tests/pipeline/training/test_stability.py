@@ -149,6 +149,8 @@ def test_the_warning_comes_past_the_limit_and_names_the_rate_that_starts_inside(
     assert "sharpness at the initial weights is 135.0" in w and "= 27.0" in w
     assert f"train.lr under {3.8 / 135 / 2:.3g}" in w
     assert math.isclose(past.stable_lr, 3.8 / 135)
+    assert "kd_warmup_epochs" not in w  # a method without a KL term from the start
+    assert "train.distill.kd_warmup_epochs=3" in head_warning(past, 0.1, kl_from_start=True)
 
 
 def test_check_head_uses_the_runs_batch_size_and_momentum():
@@ -179,6 +181,16 @@ def test_a_run_past_the_limit_says_so_in_its_metrics_and_a_healthy_one_does_not(
     assert rec["ratio"] > 1 and rec["lr"] == pytest.approx(50 * 16 / 128)
     assert rec["warning"] in m["warnings"]
     assert "past SGD's stability limit" in caplog.text
+    assert "kd_warmup_epochs" not in rec["warning"]  # ce has no KL term to warm up
+
+    steep = [*base, "train.lr=50", "train.on_nan=skip", "train.max_nan_skips=1000"]
+    for name, extra, hint in (
+        ("ama", [], True),
+        ("ama-warm", ["train.distill.kd_warmup_epochs=2"], False),
+    ):
+        cfg = load_config(None, [*steep, "train.method=ama", f"name={name}", *extra])
+        warning = run_pipeline(cfg, only="train")["train"].metrics["head_stability"]["warning"]
+        assert ("train.distill.kd_warmup_epochs=3" in warning) is hint
 
 
 def test_a_head_that_is_not_linear_is_named():
