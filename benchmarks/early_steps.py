@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="JSON lines file (default: stdout)")
     p.add_argument(
         "--table", type=Path, default=None, metavar="FOLDER",
-        help="train nothing: print the Markdown table of the runs (*.jsonl) in FOLDER",
+        help="train nothing: print the Markdown tables of the runs (*.jsonl) in FOLDER, "
+        "whole runs and per epoch",
     )  # fmt: skip
     return p.parse_args(argv)
 
@@ -103,6 +104,21 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def epoch_table(folder: Path) -> str:
+    """Per epoch of each run: the classifier's batch top-1 averaged over the epoch's steps and
+    the lowest RMS of its last stage (files written before steps carried an epoch are left out)."""
+    lines = ["| run | epoch | steps | classifier top-1, mean | last-stage RMS, lowest |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for path in sorted(folder.glob("*.jsonl")):
+        steps = [json.loads(line) for line in path.read_text().splitlines()[1:]]
+        for e in sorted({s["epoch"] for s in steps if "epoch" in s}):
+            rows = [s for s in steps if s.get("epoch") == e]
+            acc = sum(s["acc"] for s in rows) / len(rows)
+            rms = min(s["feat_rms"][-1] for s in rows)
+            lines.append(f"| {path.stem} | {e + 1} | {len(rows)} | {100 * acc:.1f}% | {rms:.3f} |")
+    return "\n".join(lines)
+
+
 def load_train(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All train images of an ImageFolder set, CIFAR-normalised, as one float tensor."""
     train = root / "train"
@@ -124,7 +140,7 @@ def load_train(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.table is not None:
-        print(table(a.table))
+        print(table(a.table) + "\n\n" + epoch_table(a.table))
         return 0
     torch.manual_seed(a.seed)
     images, labels = load_train(a.root)

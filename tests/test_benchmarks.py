@@ -219,6 +219,11 @@ def test_early_steps_count_epochs_so_a_kl_warm_up_ramps_over_them(tmp_path):
     for a, b in zip(ramp[:3], zero[:3], strict=True):
         assert {k: v for k, v in a.items() if k != "t"} == {k: v for k, v in b.items() if k != "t"}
     assert ramp[3]["ce"] == zero[3]["ce"] and zero[3]["kd"] == 0.0 < ramp[3]["kd"]
+    lines = early.epoch_table(tmp_path).splitlines()
+    first = sum(s["acc"] for s in ramp[:3]) / 3
+    rms = min(s["feat_rms"][-1] for s in ramp[:3])
+    assert f"| ramp | 1 | 3 | {100 * first:.1f}% | {rms:.3f} |" in lines
+    assert lines[-1].startswith("| zero | 2 | 1 |") and len(lines) == 2 + 4
 
 
 def test_early_steps_names_a_root_without_train(tmp_path):
