@@ -123,6 +123,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "table so far); unfinished ones are listed and left out",
     )
     p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="TABLE_JSON",
+        help="table.json files of earlier runs of this benchmark with the same settings (another "
+        "machine, an earlier checkout): their (variant, seed) results fill the table where no "
+        "finished run is under --out, and are not trained again",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -232,6 +242,62 @@ def run_name(tag: str, seed: int) -> str:
     return f"{safe}-s{seed}"
 
 
+# What must agree between an earlier table and this command for its runs to be comparable.
+# Paths (the data root) may differ between machines; the data itself is named by the protocol.
+SAME_SETTINGS = ("protocol", "model", "width", "epochs", "batch", "overrides")
+
+
+def _setting(args: dict, key: str) -> object:
+    """One setting as `table.json` stores it (strings) or as parsed here, made comparable."""
+    import ast
+
+    value = args.get(key)
+    if key == "width":
+        return float(value)
+    if key in ("epochs", "batch"):
+        return int(value)
+    if key == "overrides" and isinstance(value, str):
+        return ast.literal_eval(value)
+    return value
+
+
+def load_merged(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
+    """(variant, seed) -> kept metrics from the `--merge` tables, for this command's variants
+    and seeds; an earlier file wins over a later one. A table from other settings is refused."""
+    mine = {k: str(v) for k, v in vars(args).items()}
+    if args.protocol == "test":
+        checked = (*SAME_SETTINGS, "data")
+    else:
+        checked = SAME_SETTINGS
+    wanted = set(variants(args))
+    merged: dict[tuple[str, int], dict] = {}
+    for path in args.merge:
+        try:
+            table = json.loads(Path(path).read_text())
+            theirs, runs = table["args"], table["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(
+                f"--merge {path}: not a table.json written by this benchmark ({e}); pass the "
+                "table.json of an earlier results folder"
+            ) from None
+        differ = [
+            f"{k} {theirs.get(k)!r} there, {mine[k]!r} here"
+            for k in checked
+            if _setting(theirs, k) != _setting(mine, k)
+        ]
+        if differ:
+            raise SystemExit(
+                f"--merge {path}: its runs used other settings ({'; '.join(differ)}); merge only "
+                "tables of the same benchmark settings"
+            )
+        for tag, per_seed in runs.items():
+            for seed, kept in per_seed.items():
+                key = (tag, int(seed))
+                if tag in wanted and key[1] in args.seeds and key not in merged:
+                    merged[key] = {**kept, "merged_from": str(path)}
+    return merged
+
+
 def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
     base = base_overrides(args)
     # Seed-major order: an interrupted benchmark still has every variant at the first seeds.
@@ -241,6 +307,17 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
         for tag, sets in variants(args).items()
     ]
     results: dict[str, dict[int, dict]] = {tag: {} for tag in variants(args)}
+    merged = load_merged(args)
+    if merged:
+        # A finished run under --out wins; the merged result stands in for one that is not here.
+        kept = []
+        for tag, seed, overrides in tasks:
+            if (tag, seed) in merged and finished_run(overrides, run_name(tag, seed)) is None:
+                results[tag][seed] = merged[(tag, seed)]
+            else:
+                kept.append((tag, seed, overrides))
+        log.info("%d run(s) from --merge tables, %d here", len(tasks) - len(kept), len(kept))
+        tasks = kept
     if args.no_train:
         for tag, seed, overrides in tasks:
             done = finished_run(overrides, run_name(tag, seed))
@@ -249,6 +326,8 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
             else:
                 results[tag][seed] = done
         return {tag: per_seed for tag, per_seed in results.items() if per_seed}
+    if not tasks:
+        return results
     if args.jobs == 1:
         for tag, seed, overrides in tasks:
             results[tag][seed] = train_one(overrides, run_name(tag, seed))
@@ -448,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
         f"seconds{' (' + str(args.jobs) + ' single-threaded runs side by side)' if args.jobs > 1 else ''}. "
         f"Training time of all runs: {train_min:.1f} min."
     )
+    merged = [r for per_seed in results.values() for r in per_seed.values() if "merged_from" in r]
+    if merged:
+        sources = sorted({r["merged_from"] for r in merged})
+        header += (
+            f" {len(merged)} of the runs come from earlier tables ({', '.join(sources)}); their "
+            "epoch times are those of the machine and load they ran under."
+        )
     md = markdown(rows, header, args.baselines)
     (args.out / "table.md").write_text(md)
     (args.out / "table.json").write_text(

@@ -123,6 +123,36 @@ def test_side_by_side_jobs_write_tables_and_reuse_finished_runs(methods, tmp_pat
         "ls",
     ]
     assert not (out / "runs" / "pskd-s0").exists()
+    # --merge: an earlier table's runs fill the seeds not run here and are not trained again;
+    # a finished run here wins over a merged one
+    ce0, ls0 = table["runs"]["ce"]["0"], table["runs"]["ls"]["0"]
+    earlier = dict(
+        table,
+        runs={
+            "ce": {"0": {**ce0, "test_top1": 0.123}, "1": {**ce0, "test_top1": 0.789}},
+            "ls": {"1": {**ls0, "test_top1": 0.456}},
+        },
+    )
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    assert (
+        methods.main([*argv, "--seeds", "0", "1", "--merge", str(tmp_path / "earlier.json")]) == 0
+    )
+    rows = {r["variant"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
+    assert rows["ce"]["per_seed"] == {"0": ce0["test_top1"], "1": 0.789}
+    assert rows["ls"]["per_seed"] == {"0": ls0["test_top1"], "1": 0.456}
+    assert rows["ls"]["gains"]["ce"]["seeds"] == [0, 1]
+    assert "2 of the runs come from earlier tables" in (out / "table.md").read_text()
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["ce-s0", "ls-s0"]
+    assert [json.loads(p.read_text())["ended"] for p in manifests] == ended
+    # other settings or a file that is not a table: refused, naming the setting and the fix
+    (tmp_path / "other.json").write_text(
+        json.dumps(dict(earlier, args={**table["args"], "width": "0.5"}))
+    )
+    with pytest.raises(SystemExit, match="width '0.5' there, '0.125' here"):
+        methods.main([*argv, "--no-train", "--merge", str(tmp_path / "other.json")])
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(SystemExit, match="not a table.json"):
+        methods.main([*argv, "--no-train", "--merge", str(tmp_path / "bad.json")])
 
 
 def test_fit_epoch_is_the_first_epoch_at_the_level(methods, tmp_path):
