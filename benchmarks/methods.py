@@ -252,12 +252,15 @@ def _setting(args: dict, key: str) -> object:
     import ast
 
     value = args.get(key)
-    if key == "width":
-        return float(value)
-    if key in ("epochs", "batch"):
-        return int(value)
-    if key == "overrides" and isinstance(value, str):
-        return ast.literal_eval(value)
+    try:
+        if key == "width":
+            return float(value)
+        if key in ("epochs", "batch"):
+            return int(value)
+        if key == "overrides" and isinstance(value, str):
+            return ast.literal_eval(value)
+    except (TypeError, ValueError, SyntaxError):
+        pass  # missing or unreadable: compared as it is, so it differs and is named
     return value
 
 
