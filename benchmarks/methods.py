@@ -21,6 +21,7 @@ budget fit the training set?), and epoch time and images/s with their ratio to `
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import math
@@ -249,8 +250,6 @@ SAME_SETTINGS = ("protocol", "model", "width", "epochs", "batch", "overrides")
 
 def _setting(args: dict, key: str) -> object:
     """One setting as `table.json` stores it (strings) or as parsed here, made comparable."""
-    import ast
-
     value = args.get(key)
     try:
         if key == "width":
@@ -268,10 +267,7 @@ def load_merged(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
     """(variant, seed) -> kept metrics from the `--merge` tables, for this command's variants
     and seeds; an earlier file wins over a later one. A table from other settings is refused."""
     mine = {k: str(v) for k, v in vars(args).items()}
-    if args.protocol == "test":
-        checked = (*SAME_SETTINGS, "data")
-    else:
-        checked = SAME_SETTINGS
+    checked = (*SAME_SETTINGS, "data") if args.protocol == "test" else SAME_SETTINGS
     wanted = set(variants(args))
     merged: dict[tuple[str, int], dict] = {}
     for path in args.merge:

@@ -150,6 +150,10 @@ def test_side_by_side_jobs_write_tables_and_reuse_finished_runs(methods, tmp_pat
     )
     with pytest.raises(SystemExit, match="width '0.5' there, '0.125' here"):
         methods.main([*argv, "--no-train", "--merge", str(tmp_path / "other.json")])
+    no_width = {k: v for k, v in table["args"].items() if k != "width"}
+    (tmp_path / "no-width.json").write_text(json.dumps(dict(earlier, args=no_width)))
+    with pytest.raises(SystemExit, match="width None there, '0.125' here"):
+        methods.main([*argv, "--no-train", "--merge", str(tmp_path / "no-width.json")])
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(SystemExit, match="not a table.json"):
         methods.main([*argv, "--no-train", "--merge", str(tmp_path / "bad.json")])
