@@ -1,5 +1,7 @@
 """INT8 recipes side by side on one trained run: each calibration method with asymmetric (uint8)
-and symmetric (int8) activations, and the TensorRT recipe (symmetric, float biases), against
+and symmetric (int8) activations (weight range as `reduce_range: auto` picks for this CPU), the
+default recipe with 8-bit and with 7-bit weights, and the TensorRT recipe (symmetric, float
+biases, 8-bit weights), against
 the FP32 ONNX model, in one process: top-1 on the run's test split, ONNX Runtime latency at
 batch 1 (p50 of single calls) and images/s at batch 32, file size.
 
@@ -20,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.quantize import quantize_int8  # noqa: E402
+from export.quantize import quantize_int8, resolve_reduce_range  # noqa: E402
 from export.tensorrt import _check_int8_qdq  # noqa: E402
 from pipeline.artifacts import find_stage  # noqa: E402
 from pipeline.config import Int8Config, load_config  # noqa: E402
@@ -34,7 +36,14 @@ RECIPES = {
     f"{cal}/{act}": Int8Config(calibration=cal, activations=act)
     for cal in ("minmax", "entropy", "percentile")
     for act in ("asymmetric", "symmetric")
-} | {"tensorrt (minmax/symmetric, float bias)": Int8Config(activations="symmetric", bias="float")}
+} | {
+    # Weight range pinned both ways: on x86 without VNNI full 8-bit weights saturate (serving/cpu.py).
+    "minmax/asymmetric, 8-bit weights": Int8Config(reduce_range=False),
+    "minmax/asymmetric, 7-bit weights": Int8Config(reduce_range=True),
+    "tensorrt (minmax/symmetric, float bias)": Int8Config(
+        activations="symmetric", bias="float", reduce_range=False
+    ),
+}
 
 
 def measure(path: Path, xs: np.ndarray, ys: np.ndarray, seconds: float) -> dict:
@@ -82,7 +91,8 @@ def main() -> None:
     ref = rows["fp32"]
     lines = [
         f"Run `{args.run}` ({cfg.model.name} width {cfg.model.width}), {len(ys):,} test images, "
-        f"{len(calib)} calibration images from train; ONNX Runtime CPU, same process.",
+        f"{len(calib)} calibration images from train; ONNX Runtime CPU, same process; "
+        f"`reduce_range: auto` here: {resolve_reduce_range('auto')[1]}.",
         "",
         "| recipe | top-1 | vs FP32 | batch-1 p50 ms | speed-up | img/s at 32 | speed-up | size | TensorRT Q/DQ check |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -11,6 +11,25 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _int8_note(quantization: dict[str, dict[str, Any]]) -> str:
+    """Where each INT8 model can run at the accuracy measured (see serving/cpu.py)."""
+    lines = []
+    for name, q in quantization.items():
+        if q.get("weight_bits") == 7:
+            lines.append(
+                f"- `{name}` keeps its weights in a 7-bit range ({q.get('weight_bits_why')}), "
+                "so ONNX Runtime's int8 kernels do not saturate on any CPU."
+            )
+        else:
+            lines.append(
+                f"- `{name}` uses full 8-bit weights ({q.get('weight_bits_why')}): on x86 CPUs "
+                "without VNNI (AVX2, AVX-512 without VNNI) ONNX Runtime's int8 kernels can "
+                "saturate and lose accuracy the gates did not see; for such CPUs export with "
+                "`export.int8.reduce_range=true`."
+            )
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def model_card(
     spec: dict[str, Any],
     *,
@@ -20,6 +39,7 @@ def model_card(
     training: dict[str, Any],
     parity: dict[str, Any],
     artefacts: dict[str, str],
+    quantization: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     p = spec["preset"]
     sizes = data.get("sizes", {})
@@ -68,7 +88,7 @@ selection.
 - Reduced-precision variants (INT8, FP16) can disagree with FP32 on individual images; their
   top-1 is gated but per-class effects are not.
 - Confidence is a softmax probability, not calibrated.
-
+{_int8_note(quantization or {})}
 ## Preprocessing
 
 RGB, resized so the short side is {p["resize"] or p["input_size"]} px, centre crop

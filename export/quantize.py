@@ -5,13 +5,17 @@ optimisation, so batch norm is folded before quantisation) then `quantize_static
 calibration batches drawn from the training split, never from test. The recipe is
 `export.int8`: calibration method, per-channel weights (per-tensor weights lose accuracy on
 depthwise and narrow convolutions), uint8 activations with zero points or symmetric int8 ones
-and float biases (the only kinds TensorRT builds), and operators or nodes kept in float.
+and float biases (the only kinds TensorRT builds), weights in a 7-bit range where the CPU's
+int8 kernels would saturate (`serving/cpu.py` says why), and operators or nodes kept in float.
+The recipe as applied goes into the model's metadata (`quantization`), so a runtime can tell.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +40,9 @@ class _Batches:
 
 def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) -> Path:
     """Static INT8 QDQ model of `src`. `recipe` has the fields of the `export.int8` config
-    (calibration, percentile, per_channel, activations, bias, exclude_op_types, exclude_nodes);
-    None, or a missing field, takes that config's defaults. Weights are always symmetric int8."""
+    (calibration, percentile, per_channel, reduce_range, activations, bias, exclude_op_types,
+    exclude_nodes); None, or a missing field, takes that config's defaults. Weights are always
+    symmetric int8 (in [-64, 63] with reduce_range)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -51,6 +56,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) ->
         "percentile": CalibrationMethod.Percentile,
     }[opt("calibration", "minmax")]
     symmetric = opt("activations", "asymmetric") == "symmetric"
+    reduce, why = resolve_reduce_range(opt("reduce_range", "auto"))
     exclude_types, exclude_nodes = opt("exclude_op_types", []), opt("exclude_nodes", [])
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     with tempfile.TemporaryDirectory(dir=dst.parent) as tmp:
@@ -66,6 +72,7 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) ->
             op_types_to_quantize=op_types if exclude_types else None,
             nodes_to_exclude=list(exclude_nodes) or None,
             per_channel=opt("per_channel", True),
+            reduce_range=reduce,
             weight_type=QuantType.QInt8,
             activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             calibrate_method=method,
@@ -76,7 +83,53 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) ->
                 "QuantizeBias": opt("bias", "int32") == "int32",
             },
         )
+    applied = {
+        "format": "QDQ",
+        "weights": "int8, symmetric, "
+        + ("per channel" if opt("per_channel", True) else "per tensor"),
+        "weight_bits": 7 if reduce else 8,
+        "weight_bits_why": why,
+        "activations": "int8, symmetric" if symmetric else "uint8, asymmetric",
+        "calibration": opt("calibration", "minmax"),
+        "bias": opt("bias", "int32"),
+    }
+    _add_metadata(dst, "quantization", applied)
     return dst
+
+
+def resolve_reduce_range(setting: str | bool) -> tuple[bool, str]:
+    """`export.int8.reduce_range` as a decision, with the reason: auto follows this CPU."""
+    from serving.cpu import int8_saturates
+
+    if setting == "auto":
+        saturates, cpu = int8_saturates()
+        return saturates, f"auto; the exporting CPU: {cpu}"
+    return bool(setting), f"export.int8.reduce_range={str(bool(setting)).lower()}"
+
+
+def _add_metadata(path: Path, key: str, value: Any) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = next((p for p in model.metadata_props if p.key == key), None)
+    if entry is None:
+        entry = model.metadata_props.add()
+        entry.key = key
+    entry.value = json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def quantization_of(path: Path) -> dict | None:
+    """The recipe recorded in an INT8 model's metadata, or None (not made here, or float)."""
+    import onnx
+
+    for p in onnx.load(str(path), load_external_data=False).metadata_props:
+        if p.key == "quantization":
+            try:
+                return json.loads(p.value)
+            except ValueError:
+                return None
+    return None
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:

@@ -380,6 +380,12 @@ class Int8Config(Strict):
     )
     percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration=percentile")
     per_channel: bool = Field(True, description="one weight scale per output channel")
+    reduce_range: Literal["auto"] | bool = Field(
+        "auto",
+        description="weights in a 7-bit range: ONNX Runtime's int8 kernels on x86 CPUs without "
+        "VNNI (AVX2, AVX-512 without VNNI) saturate with full 8-bit weights; auto: 7-bit where "
+        "the exporting CPU lacks VNNI. true for models served on such CPUs",
+    )
     activations: Literal["asymmetric", "symmetric"] = Field(
         "asymmetric",
         description="uint8 with a zero point, or int8 around 0 (what TensorRT accepts)",

@@ -10,6 +10,7 @@ Nothing here imports torch at import time: a server needs numpy, Pillow and the 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import ArtefactError, ConfigError, GpuUnavailable, StageError
+
+log = logging.getLogger("serving.predictor")
 
 ENGINE_SUFFIXES = (".engine", ".plan")  # serialized TensorRT engines
 
@@ -53,6 +56,26 @@ _ORT_TYPES = {
 def _ort_tensor(t) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in t.shape)
     return TensorInfo(t.name, np.dtype(_ORT_TYPES.get(t.type, np.float32)), shape)
+
+
+def int8_warning(metadata: dict[str, Any], providers: list[str]) -> str | None:
+    """Why an INT8 model may score lower here than where it was validated: full 8-bit weights
+    on a CPU whose int8 kernels saturate (serving/cpu.py). None when there is no such risk."""
+    quant = metadata.get("quantization")
+    if not isinstance(quant, dict) or quant.get("weight_bits") != 8:
+        return None
+    if not providers or providers[0] != "CPUExecutionProvider":
+        return None
+    from serving.cpu import int8_saturates
+
+    saturates, cpu = int8_saturates()
+    if not saturates:
+        return None
+    return (
+        f"INT8 model with full 8-bit weights on an {cpu}: logits can clip and top-1 fall below "
+        "what its validation measured; re-export it with export.int8.reduce_range=true (7-bit "
+        "weights) for this CPU, or serve the FP32 model"
+    )
 
 
 def import_onnxruntime():
@@ -106,6 +129,9 @@ class OrtPredictor:
         self.input_name = self.session.get_inputs()[0].name
         raw = self.session.get_modelmeta().custom_metadata_map
         self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in raw.items()}
+        self.warnings = [w for w in [int8_warning(self.metadata, self.providers)] if w]
+        for warning in self.warnings:
+            log.warning("%s: %s", self.path.name, warning)
 
     @property
     def input_shape(self) -> list:
@@ -352,6 +378,7 @@ class TrtPredictor:
     preprocessing is unknown before anything is loaded on the GPU."""
 
     platform = "tensorrt_plan"  # as Triton and the v2 protocol name it
+    warnings: list[str] = []  # an engine was checked against this GPU when it loaded
 
     def __init__(self, engine_path: str | Path, *, need_metadata: bool = False) -> None:
         trt = require_tensorrt()

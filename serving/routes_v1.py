@@ -34,6 +34,7 @@ def add_v1_routes(app, state: ServerState, path: Path) -> None:
             },
             "platform": state.clf.predictor.platform,
             "providers": state.clf.predictor.providers,
+            "warnings": state.clf.predictor.warnings,
             "limits": {
                 "max_images": s.max_images,
                 "max_bytes": s.max_bytes,

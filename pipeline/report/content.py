@@ -269,6 +269,10 @@ def _export(r: dict[str, Any]) -> Section | None:
         "Each exported model against the torch classifier on the same test images.",
         Table(["artefact", "max abs logit diff", "top-1 agreement", "images"], rows),
     ]
+    quant = [[k, f"{e['quantization']['weight_bits']}-bit", e["quantization"]["weight_bits_why"]]
+             for k, e in made.items() if isinstance(e.get("quantization"), dict)]  # fmt: skip
+    if quant:
+        blocks.append(Table(["INT8 model", "weights", "why"], quant))
     skipped = r["export"].get("skipped", {})
     if skipped:
         blocks.append(Table(["format", "skipped because"], [[k, v] for k, v in skipped.items()]))

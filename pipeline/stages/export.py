@@ -74,6 +74,7 @@ def parity_of(made: Path, model, images) -> dict:
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
     from export.model_card import model_card
     from export.onnx import add_metadata, describe, export_onnx, onnx_metadata, ort_parity
+    from export.quantize import quantization_of
     from export.variants import VARIANTS
     from pipeline.models.io import build_backbone, load_weights, read_spec
 
@@ -121,6 +122,9 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         metrics[fmt] = {"parity": parity_of(made, model, images), "bytes": made.stat().st_size}
         if variant.gpu:
             metrics[fmt]["engine"] = json.loads(made.with_suffix(".json").read_text())
+        elif quant := quantization_of(made):
+            metrics[fmt]["quantization"] = quant
+            log.info("%s: %d-bit weights (%s)", fmt, quant["weight_bits"], quant["weight_bits_why"])
         log.info(
             "%s: top-1 agreement with torch %.4f", fmt, metrics[fmt]["parity"]["top1_agreement"]
         )
@@ -136,6 +140,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         spec, run=cfg.name, version=e.model_version, data={**train.data, "name": cfg.data.name},
         training=training,
         parity=parity, artefacts=artefacts,
+        quantization={k: v["quantization"] for k, v in metrics.items() if "quantization" in v},
     )  # fmt: skip
     (out_dir / "MODEL_CARD.md").write_text(card)
     return StageResult(metrics=metrics, extra={"artefacts": artefacts})

@@ -77,3 +77,85 @@ def test_excluded_operators_stay_in_float(fp32, tmp_path):
     assert gemm.input[1] in floats  # its weights stayed float
     conv = next(n for n in graph.node if n.op_type == "Conv")
     assert conv.input[1] not in floats  # the convolutions' did not
+
+
+def _weight_codes(path) -> np.ndarray:
+    """Every int8 weight code of the quantized convolutions and the linear layer."""
+    model = onnx.load(str(path))
+    int8 = [
+        onnx.numpy_helper.to_array(i)
+        for i in model.graph.initializer
+        if i.data_type == onnx.TensorProto.INT8 and len(i.dims) > 1
+    ]
+    return np.concatenate([w.ravel().astype(np.int32) for w in int8])
+
+
+def test_reduce_range_keeps_weights_in_seven_bits_and_the_recipe_is_recorded(fp32, tmp_path):
+    from export.quantize import quantization_of
+
+    full, reduced = tmp_path / "full.onnx", tmp_path / "reduced.onnx"
+    quantize_int8(fp32, full, _calibration(), Int8Config(reduce_range=False))
+    quantize_int8(fp32, reduced, _calibration(), Int8Config(reduce_range=True))
+    assert np.abs(_weight_codes(full)).max() > 64  # per-channel scales reach +-127
+    assert np.abs(_weight_codes(reduced)).max() <= 64
+    assert quantization_of(full)["weight_bits"] == 8
+    q = quantization_of(reduced)
+    assert q["weight_bits"] == 7 and q["weight_bits_why"] == "export.int8.reduce_range=true"
+    assert q["activations"] == "uint8, asymmetric" and q["weights"].endswith("per channel")
+    assert OrtPredictor(reduced).metadata["quantization"] == q  # a runtime reads it back
+    assert quantization_of(fp32) is None
+
+
+@pytest.mark.parametrize("saturates", [True, False])
+def test_auto_reduce_range_follows_the_exporting_cpu(fp32, tmp_path, monkeypatch, saturates):
+    import serving.cpu
+    from export.quantize import quantization_of
+
+    monkeypatch.setattr(serving.cpu, "int8_saturates", lambda: (saturates, "a test CPU"))
+    dst = tmp_path / "auto.onnx"
+    quantize_int8(fp32, dst, _calibration(), Int8Config())  # reduce_range defaults to auto
+    q = quantization_of(dst)
+    assert q["weight_bits"] == (7 if saturates else 8)
+    assert q["weight_bits_why"] == "auto; the exporting CPU: a test CPU"
+    assert (np.abs(_weight_codes(dst)).max() <= 64) == saturates
+
+
+def test_a_runtime_warns_of_eight_bit_weights_on_a_saturating_cpu(fp32, tmp_path, monkeypatch):
+    import serving.cpu
+
+    full, reduced = tmp_path / "full.onnx", tmp_path / "reduced.onnx"
+    quantize_int8(fp32, full, _calibration(), Int8Config(reduce_range=False))
+    quantize_int8(fp32, reduced, _calibration(), Int8Config(reduce_range=True))
+    monkeypatch.setattr(serving.cpu, "int8_saturates", lambda: (True, "x86 CPU without VNNI"))
+    (warning,) = OrtPredictor(full).warnings
+    assert "x86 CPU without VNNI" in warning and "export.int8.reduce_range=true" in warning
+    assert OrtPredictor(reduced).warnings == []  # 7-bit weights do not saturate
+    assert OrtPredictor(fp32).warnings == []  # nor does a float model
+    monkeypatch.setattr(serving.cpu, "int8_saturates", lambda: (False, "x86 CPU with VNNI"))
+    assert OrtPredictor(full).warnings == []
+
+
+def test_the_model_card_says_where_each_int8_model_keeps_its_accuracy():
+    from export.model_card import _int8_note
+
+    note = _int8_note(
+        {
+            "onnx_int8": {"weight_bits": 8, "weight_bits_why": "auto; the exporting CPU: VNNI"},
+            "other": {"weight_bits": 7, "weight_bits_why": "export.int8.reduce_range=true"},
+        }
+    )
+    assert "`onnx_int8` uses full 8-bit weights" in note and "reduce_range=true`" in note
+    assert "`other` keeps its weights in a 7-bit range" in note
+    assert _int8_note({}) == ""
+
+
+def test_reduce_range_setting_is_auto_true_or_false():
+    from pydantic import ValidationError
+
+    from pipeline.config import load_config
+
+    assert Int8Config().reduce_range == "auto"
+    cfg = load_config(None, ["export.int8.reduce_range=true"])
+    assert cfg.export.int8.reduce_range is True
+    with pytest.raises(ValidationError):
+        Int8Config(reduce_range="sometimes")
