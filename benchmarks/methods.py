@@ -41,7 +41,7 @@ from pipeline.config import load_config  # noqa: E402
 
 log = logging.getLogger("bench.methods")
 
-METHODS = ["ce", "ls", "cskd", "pskd", "frskd", "ama"]
+METHODS = ["ce", "ls", "cskd", "pskd", "byot", "frskd", "ama"]
 BASELINES = ["ce", "ls", "frskd"]
 FULL_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-full"
 # The precise protocol (../shared/datasets/cifar10-full/README.md): 500 train images per class,

@@ -149,9 +149,27 @@ class PSKDConfig(Strict):
     )
 
 
+class BYOTConfig(Strict):
+    """`byot`: Zhang et al., "Be Your Own Teacher: Improve the Performance of Convolutional
+    Neural Networks via Self Distillation", ICCV 2019; the defaults of its public code."""
+
+    temperature: float = Field(3.0, gt=0.0, description="softens the deepest classifier's target")
+    alpha: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="weight of the shallow heads' KD term; every cross-entropy term has 1 - alpha",
+    )
+    beta: float = Field(
+        1e-6,
+        ge=0.0,
+        description="weight of the feature hint (a sum of squares over the batch, as published)",
+    )
+
+
 class DistillConfig(Strict):
     """METHOD.md section 5 defaults (`frskd`, `ama`); the comparators' settings in their own
-    sections (`ls`, `cskd`, `pskd`)."""
+    sections (`ls`, `cskd`, `pskd`, `byot`)."""
 
     temperature: float = Field(4.0, gt=0.0)
     alpha: float = Field(2.0, ge=0.0, description="weight of the KL term (times T^2)")
@@ -187,6 +205,9 @@ class DistillConfig(Strict):
     )
     pskd: PSKDConfig = Field(
         PSKDConfig(), description="progressive self-knowledge distillation (method `pskd`)"
+    )
+    byot: BYOTConfig = Field(
+        BYOTConfig(), description="shallow classifiers taught by the deepest (method `byot`)"
     )
 
 

@@ -2,8 +2,9 @@
 
 `ce` is the baseline: classifier cross-entropy alone, no self-teacher. `frskd` and `ama` share
 one code path (METHOD.md section 5); `frskd` is `ama` with beta_mix = 0. The comparators `ls`
-(label smoothing), `cskd` (class-wise self-knowledge distillation) and `pskd` (progressive
-self-knowledge distillation) register beside them with `@register_method` and share the same
+(label smoothing), `cskd` (class-wise self-knowledge distillation), `pskd` (progressive
+self-knowledge distillation) and `byot` (shallow classifiers taught by the deepest, "Be Your
+Own Teacher") register beside them with `@register_method` and share the same
 training loop; docs/methods.md gives each one's source and what was implemented.
 
 What a method may ask of the training loop, by class attribute:
@@ -316,6 +317,44 @@ class ProgressiveSelfKD(Method):
         device = self.probs.device if self.probs is not None else torch.device("cpu")
         self.probs = probs.to(device=device, dtype=torch.float32)
         self.seen = seen.to(device=device, dtype=torch.bool)
+
+
+@register_method("byot")
+class BeYourOwnTeacher(Method):
+    """BYOT (Zhang et al., ICCV 2019): shallow classifiers on the classifier's earlier stages
+    (`ShallowHeads`), taught by the deepest classifier, the one that ships. As in the paper's
+    public code: L = (1 - a) (CE(z_c) + sum_i CE(z_i)) + a sum_i T^2 KL(p_c(T) || p_i(T))
+    + b sum_i sum_batch |f_i - f_c|^2 over the elements where either feature is positive,
+    f the pooled features (the deepest's are the classifier's own, before its linear layer).
+    The deepest classifier's prediction and features are detached: the heads learn from it,
+    never the reverse; the heads' own cross-entropy trains the stages they read.
+    """
+
+    needs_features = True
+
+    def build_aux(self, backbone: nn.Module) -> nn.Module:
+        from pipeline.models.shallow_heads import ShallowHeads
+
+        return ShallowHeads(list(backbone.stage_channels), self.num_classes)
+
+    def loss(self, out: ModelOutput, targets: torch.Tensor, epoch: int, **inputs) -> LossOutput:
+        if not out.aux_heads:
+            raise ValueError("method 'byot' needs the shallow heads' outputs (model.aux is None)")
+        c = self.cfg.byot
+        teacher = out.features[-1].detach().float().mean(dim=(2, 3))
+        heads_ce = sum(F.cross_entropy(z.float(), targets) for z in out.aux_heads)
+        kd = sum(kd_loss(z, out.logits, c.temperature) for z in out.aux_heads)
+        hint = sum(
+            ((f.float() - teacher).pow(2) * ((f > 0) | (teacher > 0))).sum()
+            for f in out.aux_head_features
+        )
+        parts = {
+            "ce": (1.0 - c.alpha) * F.cross_entropy(out.logits.float(), targets),
+            "ce_heads": (1.0 - c.alpha) * heads_ce,
+            "kd": c.alpha * kd,
+            "hint": c.beta * hint,
+        }
+        return LossOutput(sum(parts.values()), {k: v.detach() for k, v in parts.items()})
 
 
 def create_method(name: str, distill_cfg, *, num_classes: int, epochs: int) -> Method:

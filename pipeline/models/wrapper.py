@@ -14,10 +14,24 @@ from torch import nn
 
 @dataclass
 class ModelOutput:
+    """`aux_logits` / `aux_features`: a self-teacher's logits and refined stage maps (frskd,
+    ama). `aux_heads` / `aux_head_features`: shallow classifiers' logits and pooled features
+    (byot), shallowest first. Methods without an auxiliary branch leave all four empty."""
+
     logits: torch.Tensor
     features: list[torch.Tensor]
     aux_logits: torch.Tensor | None = None
     aux_features: list[torch.Tensor] = field(default_factory=list)
+    aux_heads: list[torch.Tensor] = field(default_factory=list)
+    aux_head_features: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class AuxHeads:
+    """What an auxiliary branch of several classifiers returns (see `ModelOutput`)."""
+
+    logits: list[torch.Tensor]
+    features: list[torch.Tensor]
 
 
 class SelfDistillModel(nn.Module):
@@ -31,7 +45,12 @@ class SelfDistillModel(nn.Module):
         logits = self.backbone.forward_head(feats[-1])
         if self.aux is None:
             return ModelOutput(logits=logits, features=feats)
-        aux_logits, refined = self.aux(feats)
+        aux = self.aux(feats)
+        if isinstance(aux, AuxHeads):
+            return ModelOutput(
+                logits=logits, features=feats, aux_heads=aux.logits, aux_head_features=aux.features
+            )
+        aux_logits, refined = aux
         return ModelOutput(
             logits=logits, features=feats, aux_logits=aux_logits, aux_features=refined
         )

@@ -98,6 +98,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     from pipeline.models import count_macs, count_parameters, torch_latency
     from pipeline.models.channels import layer_shapes
     from pipeline.models.io import build_backbone, load_weights, read_spec, save_model
+    from pipeline.models.self_teacher import SelfTeacher
     from pipeline.training.model import build_training_model
 
     model_dir = inputs["slim"].folder  # the trained model, channel-pruned or passed through
@@ -133,7 +134,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         "latency_deployed_ms": torch_latency(deployed, one),
     }
     cost["macs_removed"] = cost["macs_training"] - cost["macs_deployed"]
-    if wrapper.aux is not None:
+    if isinstance(wrapper.aux, SelfTeacher):  # byot's shallow heads draw no attention
         images_shown = images[: min(6, len(images))]
         attention_figures(wrapper, images_shown, spec, cfg.train.distill, out_dir)
     log.info(

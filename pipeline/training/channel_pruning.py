@@ -3,7 +3,9 @@
 The graph is traced through the whole training wrapper, so removing a channel from a stage of
 the classifier also removes the matching input channels of the self-teacher's laterals: the
 self-teacher stays attached and can teach the smaller network during recovery. The classifier's
-output layer and every layer of the self-teacher keep their own output widths.
+output layer and every layer of the self-teacher keep their own output widths; so do BYOT's
+shallow heads, but for their last layers, whose channels the hint loss matches one to one with
+the classifier's last stage: those are removed with it.
 
 Targets (`slim`): a channel ratio (one step), or a MACs or measured latency budget (pruned in
 small steps of the ratio until the budget is met). Importance: weight magnitude (L1/L2),
@@ -53,7 +55,10 @@ def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
                 f"layer names look like: {', '.join(near)}"
             )
         ignored.append(names[name])
-    if wrapper.aux is not None:
+    tied = set(getattr(wrapper.aux, "tied_to_classifier", list)())
+    if tied:  # byot: the heads' last layers follow the classifier's last stage, nothing else
+        ignored += [m for m in wrapper.aux.modules() if m not in tied and m is not wrapper.aux]
+    elif wrapper.aux is not None:
         ignored.append(wrapper.aux)
         # parameters outside layers (the self-teacher's fusion weights) are not channels
         layers = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
@@ -107,17 +112,27 @@ def _taylor_gradients(wrapper: nn.Module, batches: list[tuple[torch.Tensor, torc
     with torch.enable_grad():
         for x, y in batches:
             out = wrapper(x)  # both heads, so every layer of a pruning group has a gradient
-            loss = nn.functional.cross_entropy(out.logits.float(), y)
-            if getattr(out, "aux_logits", None) is not None:
-                loss = loss + nn.functional.cross_entropy(out.aux_logits.float(), y)
+            loss = sum(nn.functional.cross_entropy(z.float(), y) for z in _heads(out))
             loss.backward()
 
 
-def _output(out) -> torch.Tensor:
-    """A scalar the graph is traced from: every head of the wrapper's output."""
-    total = out.logits.sum()
+def _heads(out) -> list[torch.Tensor]:
+    """Every classifier output of the wrapper: the classifier's, the self-teacher's, and
+    shallow heads' (byot), so every layer of a pruning group is traced and has a gradient."""
+    heads = [out.logits, *getattr(out, "aux_heads", [])]
     if getattr(out, "aux_logits", None) is not None:
-        total = total + out.aux_logits.sum()
+        heads.append(out.aux_logits)
+    return heads
+
+
+def _output(out) -> torch.Tensor:
+    """A scalar the graph is traced from: every head of the wrapper's output, and (byot) each
+    shallow head's features against the classifier's pooled last stage, which the hint loss
+    compares channel by channel, so the trace ties those channels together."""
+    total = sum(z.sum() for z in _heads(out))
+    pooled = out.features[-1].mean(dim=(2, 3)) if getattr(out, "aux_head_features", None) else None
+    for f in getattr(out, "aux_head_features", []):
+        total = total + (f - pooled).sum()
     return total
 
 

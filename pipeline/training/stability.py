@@ -100,6 +100,8 @@ def head_sharpness(
             features=[f.detach() for f in out.features],
             aux_logits=None if out.aux_logits is None else out.aux_logits.detach(),
             aux_features=[f.detach() for f in out.aux_features],
+            aux_heads=[z.detach() for z in out.aux_heads],
+            aux_head_features=[f.detach() for f in out.aux_head_features],
         )
         loss = method.loss(detached, targets, 0, **_inputs(method, out, targets)).total
         grads = torch.autograd.grad(loss, params, create_graph=True)

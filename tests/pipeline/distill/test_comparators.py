@@ -1,5 +1,6 @@
-"""The comparator methods `ls`, `cskd` and `pskd`: each paper's loss and gradient rules, tested by
-property on tiny models, the loader extras they read, and a tiny training run per method."""
+"""The comparator methods `ls`, `cskd`, `pskd` and `byot`: each paper's loss and gradient rules,
+tested by property on tiny models, the loader extras they read, and a tiny training run per
+method."""
 
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def _inputs(method, model, x):
     return method.extra_inputs(model, extras)
 
 
-@pytest.mark.parametrize("name", ["ls", "cskd", "pskd"])
+@pytest.mark.parametrize("name", ["ls", "cskd", "pskd", "byot"])
 def test_losses_are_finite_under_bf16_autocast(name: str) -> None:
     method, model = _model(name)
     x, y = _batch()
@@ -236,6 +237,65 @@ def test_comparators_have_no_self_teacher(name: str) -> None:
     method, model = _model(name)
     assert model.aux is None and not method.needs_features
     assert (method.needs_index, method.needs_pair) == (name == "pskd", name == "cskd")
+
+
+# byot --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "wrn16_2"])
+def test_byot_has_one_shallow_head_per_stage_but_the_last(arch: str) -> None:
+    from pipeline.models.shallow_heads import ShallowHeads
+
+    m = create_method("byot", DistillConfig(), num_classes=K, epochs=10)
+    net = create_model(arch, num_classes=K, stem="cifar", width=0.125, feature_taps=True)
+    model = SelfDistillModel(net, m.build_aux(net))
+    assert isinstance(model.aux, ShallowHeads) and m.needs_features
+    out = model(_batch()[0])
+    n = len(net.stage_channels)
+    assert [z.shape for z in out.aux_heads] == [(6, K)] * (n - 1)
+    assert [f.shape for f in out.aux_head_features] == [(6, net.stage_channels[-1])] * (n - 1)
+    assert out.aux_logits is None and out.aux_features == []  # no self-teacher to draw
+
+
+def test_byot_total_is_the_published_weighted_sum() -> None:
+    method, model = _model("byot", byot={"alpha": 0.3, "beta": 1e-3, "temperature": 3.0})
+    x, y = _batch()
+    out = model(x)
+    res = method.loss(out, y, epoch=0)
+    ce = F.cross_entropy(out.logits, y)
+    heads = sum(F.cross_entropy(z, y) for z in out.aux_heads)
+    t = 3.0
+    kd = sum(
+        F.kl_div(F.log_softmax(z / t, -1), F.softmax(out.logits / t, -1), reduction="batchmean")
+        * t
+        * t
+        for z in out.aux_heads
+    )
+    teacher = out.features[-1].mean(dim=(2, 3))
+    hint = sum(
+        ((f - teacher) ** 2 * ((f > 0) | (teacher > 0))).sum() for f in out.aux_head_features
+    )
+    torch.testing.assert_close(res.total, 0.7 * (ce + heads) + 0.3 * kd + 1e-3 * hint)
+    assert float(res.parts["kd"]) > 0 and float(res.parts["hint"]) > 0
+    torch.testing.assert_close(res.total.detach(), sum(res.parts.values()))
+
+
+def test_byot_heads_learn_from_the_classifier_never_the_reverse() -> None:
+    """The deployed classifier's last stage and head get exactly the gradient of its own
+    cross-entropy; the stages the heads read get more (the heads train them)."""
+    method, model = _model("byot", byot={"alpha": 0.3, "beta": 1e-2})
+    x, y = _batch()
+    out = model(x)
+    total = method.loss(out, y, epoch=0).total
+    own = 0.7 * F.cross_entropy(out.logits, y)
+    net = model.backbone
+    last = [*net.stages[-1].parameters(), *net.fc.parameters()]
+    first = list(net.stages[0].parameters())
+    g_total = torch.autograd.grad(total, last + first, retain_graph=True, allow_unused=True)
+    g_own = torch.autograd.grad(own, last + first, allow_unused=True)
+    for a, b in zip(g_total[: len(last)], g_own[: len(last)], strict=True):
+        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, b) for a, b in zip(g_total[len(last) :], g_own[len(last) :], strict=False))
 
 
 # a tiny training run per method ------------------------------------------------------------
@@ -267,3 +327,27 @@ def test_each_comparator_trains_end_to_end(name: str, tiny_overrides) -> None:
         assert store["seen"].numel() == len(build_data(cfg.data).train)
         assert bool(store["seen"].all())  # every training sample's index reached the store
         torch.testing.assert_close(store["probs"].sum(-1), torch.ones(len(store["seen"])))
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_byot_trains_slims_and_ships_the_classifier_alone(tiny_overrides) -> None:
+    """Through train, slim (channel pruning traced through the shallow heads, recovered with
+    byot) and prune: the heads are removed and the classifier's logits are unchanged."""
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(
+        None,
+        [*tiny_overrides, "train.method=byot", "data.max_per_class=40", "slim.ratio=0.25",
+         "slim.epochs=1", "slim.round_to=2", "validate.sweep.enabled=false"],
+    )  # fmt: skip
+    m = run_pipeline(cfg, only="train")["train"]
+    assert m.metrics["method"] == "byot" and m.metrics["params_aux"] > 0
+    rows = [json.loads(x) for x in (m.folder / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["kd"] > 0 and r["ce_heads"] > 0 and math.isfinite(r["hint"]) for r in rows)
+    slim = run_pipeline(cfg, only="slim")["slim"]
+    assert slim.metrics["slimmed"]
+    prune = run_pipeline(cfg, only="prune")["prune"]
+    assert prune.metrics["parity"]["max_abs_diff"] == 0.0
+    assert prune.metrics["params_removed"] > 0
+    assert prune.metrics["params_deployed"] == prune.metrics["params_bare_backbone"]
+    assert not list(prune.folder.glob("attention_stage*.png"))
