@@ -222,7 +222,8 @@ def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
         blocks.append(Figure(figures[key], f"What the self-teacher taught ({key.replace('_', ' ')}): "
                              "image, classifier attention, self-teacher attention, foreground "
                              "mask as trained."))  # fmt: skip
-    return Section("Removing the self-teacher", blocks)
+    branch = "shallow heads" if r["model"].get("method") == "byot" else "self-teacher"
+    return Section(f"Removing the {branch}", blocks)
 
 
 def _compression(r: dict[str, Any]) -> Section | None:
