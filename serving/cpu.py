@@ -42,7 +42,7 @@ def int8_saturates(
     cannot be read is taken to saturate (the safe answer for choosing weights)."""
     machine = (machine or platform.machine()).lower()
     if machine not in X86_MACHINES:
-        return False, f"{machine or 'this'} CPU: its int8 kernels accumulate without saturating"
+        return False, f"{machine or 'this'} CPU, whose int8 kernels accumulate without saturating"
     flags = cpu_flags() if flags is None else flags
     if flags is None:
         return True, "x86 CPU whose instruction sets could not be read (VNNI not confirmed)"
@@ -50,4 +50,7 @@ def int8_saturates(
     if has:
         return False, f"x86 CPU with VNNI ({', '.join(has)})"
     best = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE/AVX"
-    return True, f"x86 CPU without VNNI ({best}): uint8 x int8 pairs add up in saturating int16"
+    return True, (
+        f"x86 CPU without VNNI ({best}), whose int8 kernels add uint8 x int8 pairs in saturating "
+        "int16"
+    )
