@@ -102,7 +102,8 @@ def test_comparator_methods_take_their_papers_defaults():
     assert d.ls.smoothing == 0.1  # Szegedy et al. 2016
     assert (d.cskd.temperature, d.cskd.lambda_cls) == (4.0, 1.0)  # Yun et al. 2020
     assert d.pskd.alpha_final == 0.8  # Kim et al. 2021
+    assert (d.byot.temperature, d.byot.alpha, d.byot.beta) == (3.0, 0.1, 1e-6)  # BYOT's code
     assert cfg.train.val_every_epochs == 1
     assert load_config(None, ["train.val_every_epochs=null"]).train.val_every_epochs is None
-    for name in ("ls", "cskd", "pskd"):
+    for name in ("ls", "cskd", "pskd", "byot"):
         assert load_config(None, [f"train.method={name}"]).train.method == name
