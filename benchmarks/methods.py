@@ -293,7 +293,8 @@ def load_merged(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
             for seed, kept in per_seed.items():
                 key = (tag, int(seed))
                 if tag in wanted and key[1] in args.seeds and key not in merged:
-                    merged[key] = {**kept, "merged_from": str(path)}
+                    # a run merged twice keeps the table it first came from: where it ran
+                    merged[key] = {"merged_from": str(path), **kept}
     return merged
 
 
@@ -390,7 +391,6 @@ def summarise(
     baselines: list[str] = BASELINES,
 ) -> list[dict]:
     ce = results.get("ce", {})
-    ce_epoch = statistics.mean(r["epoch_s"] for r in ce.values()) if ce else None
     judged = {
         tag: {s: per_seed[s][metric] for s in seeds if s in per_seed}
         for tag, per_seed in results.items()
@@ -421,10 +421,22 @@ def summarise(
                 ),
                 "images_per_s": _mean_of(ran, "images_per_s"),
                 "epoch_s": epoch,
-                "epoch_ratio_vs_ce": epoch / ce_epoch if ce_epoch else None,
+                "epoch_ratio_vs_ce": time_ratio(per_seed, ce),
             }
         )
     return rows
+
+
+def time_ratio(per_seed: dict[int, dict], ce: dict[int, dict]) -> float | None:
+    """Epoch time over `ce`'s, per seed against `ce`'s run of the same seed from the same place
+    (both here, or both from the same merged table), then averaged: machines differ by more
+    than the methods do, so times from different places are never divided."""
+    ratios = [
+        r["epoch_s"] / ce[s]["epoch_s"]
+        for s, r in per_seed.items()
+        if s in ce and ce[s].get("epoch_s") and r.get("merged_from") == ce[s].get("merged_from")
+    ]
+    return statistics.mean(ratios) if ratios else None
 
 
 def _mean_of(runs: list[dict], key: str) -> float | None:
@@ -531,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         sources = sorted({r["merged_from"] for r in merged})
         header += (
             f" {len(merged)} of the runs come from earlier tables ({', '.join(sources)}); their "
-            "epoch times are those of the machine and load they ran under."
+            "epoch times are those of the machine and load they ran under, and time vs ce pairs "
+            "each run with ce's run of the same seed from the same place."
         )
     md = markdown(rows, header, args.baselines)
     (args.out / "table.md").write_text(md)

@@ -43,6 +43,14 @@ def test_summary_pairs_gains_by_seed(methods):
     assert "ls" not in rows["ama"]["gains"]  # not run: no column
     assert rows["ce"]["gains"] == {}
     assert rows["ama"]["epoch_ratio_vs_ce"] == pytest.approx(2.0)
+    # epoch times from another machine are never divided by this one's
+    res["ce"][1]["merged_from"] = "elsewhere/table.json"
+    rows = {r["variant"]: r for r in methods.summarise(res, [0, 1], baselines=["ce"])}
+    assert rows["ama"]["epoch_ratio_vs_ce"] == pytest.approx(2.5)  # seed 0 only
+    res["ce"][0]["merged_from"] = "elsewhere/table.json"
+    assert methods.summarise(res, [0, 1])[1]["epoch_ratio_vs_ce"] is None
+    del res["ce"][0]["merged_from"], res["ce"][1]["merged_from"]
+    rows = {r["variant"]: r for r in methods.summarise(res, [0, 1], baselines=["ce", "ls"])}
     assert rows["ce"]["std"] == pytest.approx(0.0707107, rel=1e-4)
     md = methods.markdown(list(rows.values()), "#", ["ce", "ls"])
     # self-teacher and images/s: the mean over the seeds that report them; ce reports neither
