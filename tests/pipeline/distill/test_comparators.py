@@ -295,7 +295,10 @@ def test_byot_heads_learn_from_the_classifier_never_the_reverse() -> None:
     g_own = torch.autograd.grad(own, last + first, allow_unused=True)
     for a, b in zip(g_total[: len(last)], g_own[: len(last)], strict=True):
         torch.testing.assert_close(a, b)
-    assert any(not torch.allclose(a, b) for a, b in zip(g_total[len(last) :], g_own[len(last) :], strict=False))
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(g_total[len(last) :], g_own[len(last) :], strict=False)
+    )
 
 
 # a tiny training run per method ------------------------------------------------------------
