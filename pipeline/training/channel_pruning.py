@@ -5,7 +5,7 @@ the classifier also removes the matching input channels of the self-teacher's la
 self-teacher stays attached and can teach the smaller network during recovery. The classifier's
 output layer and every layer of the self-teacher keep their own output widths; so do BYOT's
 shallow heads, but for their last layers, whose channels the hint loss matches one to one with
-the classifier's last stage: those are removed with it.
+the classifier's last stage: they are tied to it (as traced, that group then stays whole).
 
 Targets (`slim`): a channel ratio (one step), or a MACs or measured latency budget (pruned in
 small steps of the ratio until the budget is met). Importance: weight magnitude (L1/L2),
@@ -57,7 +57,8 @@ def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
         ignored.append(names[name])
     tied = set(getattr(wrapper.aux, "tied_to_classifier", list)())
     if tied:  # byot: the heads' last layers follow the classifier's last stage, nothing else
-        ignored += [m for m in wrapper.aux.modules() if m not in tied and m is not wrapper.aux]
+        # leaves only: the pruner expands a container to all its layers, the tied ones too
+        ignored += [m for m in wrapper.aux.modules() if not list(m.children()) and m not in tied]
     elif wrapper.aux is not None:
         ignored.append(wrapper.aux)
         # parameters outside layers (the self-teacher's fusion weights) are not channels
