@@ -5,7 +5,7 @@ the classifier also removes the matching input channels of the self-teacher's la
 self-teacher stays attached and can teach the smaller network during recovery. The classifier's
 output layer and every layer of the self-teacher keep their own output widths; so do BYOT's
 shallow heads, but for their last layers, whose channels the hint loss matches one to one with
-the classifier's last stage: they are tied to it (as traced, that group then stays whole).
+the classifier's last stage: they are tied to it and lose the same channels.
 
 Targets (`slim`): a channel ratio (one step), or a MACs or measured latency budget (pruned in
 small steps of the ratio until the budget is met). Importance: weight magnitude (L1/L2),
@@ -57,8 +57,14 @@ def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
         ignored.append(names[name])
     tied = set(getattr(wrapper.aux, "tied_to_classifier", list)())
     if tied:  # byot: the heads' last layers follow the classifier's last stage, nothing else
-        # leaves only: the pruner expands a container to all its layers, the tied ones too
-        ignored += [m for m in wrapper.aux.modules() if not list(m.children()) and m not in tied]
+        # layers with weights only: the pruner expands a container to all its layers, the tied
+        # ones too, and an ignored weightless layer (ReLU, pooling) after the tied ones would
+        # keep the whole group, the classifier's last stage included, at its width
+        ignored += [
+            m
+            for m in wrapper.aux.modules()
+            if m not in tied and not list(m.children()) and list(m.parameters(recurse=False))
+        ]
     elif wrapper.aux is not None:
         ignored.append(wrapper.aux)
         # parameters outside layers (the self-teacher's fusion weights) are not channels
@@ -126,15 +132,17 @@ def _heads(out) -> list[torch.Tensor]:
     return heads
 
 
-def _output(out) -> torch.Tensor:
-    """A scalar the graph is traced from: every head of the wrapper's output, and (byot) each
+def _output(out) -> list[torch.Tensor]:
+    """What the graph is traced from: every head of the wrapper's output, and (byot) each
     shallow head's features against the classifier's pooled last stage, which the hint loss
-    compares channel by channel, so the trace ties those channels together."""
-    total = sum(z.sum() for z in _heads(out))
-    pooled = out.features[-1].mean(dim=(2, 3)) if getattr(out, "aux_head_features", None) else None
-    for f in getattr(out, "aux_head_features", []):
-        total = total + (f - pooled).sum()
-    return total
+    compares channel by channel, so the trace ties those channels together. A list, not a sum:
+    adding the heads' scalars would make the tracer tie every head's output channels to one
+    another, and the hint's channels to the (unprunable) heads."""
+    outputs = list(_heads(out))
+    if getattr(out, "aux_head_features", None):
+        pooled = out.features[-1].mean(dim=(2, 3))
+        outputs += [f - pooled for f in out.aux_head_features]
+    return outputs
 
 
 def prune_channels(

@@ -63,6 +63,35 @@ def test_pruned_network_runs_is_smaller_and_rebuilds_from_its_spec(arch, tmp_pat
         assert torch.equal(again.deployable()(x), wrapper.deployable()(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "wrn16_2"])
+def test_byot_heads_do_not_hold_the_classifier_back(arch, one_thread):
+    """BYOT's shallow heads end at the classifier's last-stage width (the hint compares them
+    channel by channel): they lose the same channels, and the classifier is pruned exactly as
+    it is without them."""
+    x = torch.randn(2, 3, 32, 32)
+    widths = {}
+    for method in ("ce", "byot"):
+        wrapper, _ = _wrapper(arch, method=method, width=0.5 if arch != "wrn16_2" else 1.0)
+        prune_channels(wrapper, x, SlimConfig(ratio=0.25, round_to=2))
+        widths[method] = _stage_widths(wrapper, x)
+        shapes = {n: tuple(p.shape) for n, p in wrapper.backbone.named_parameters()}
+        widths[method + " shapes"] = shapes
+    assert widths["byot"] == widths["ce"]
+    ce_shapes = widths["ce shapes"]  # byot's classifier may add feature taps (pre-act nets)
+    assert {n: widths["byot shapes"][n] for n in ce_shapes} == ce_shapes
+    last = widths["byot"][-1]
+    heads = wrapper.aux
+    assert [m.out_channels for m in heads.tied_to_classifier() if isinstance(m, nn.Conv2d)] == [
+        last
+    ] * len(heads.fcs)
+    assert [fc.in_features for fc in heads.fcs] == [last] * len(heads.fcs)
+    # the heads' inner widths and outputs are theirs: not pruned
+    assert all(fc.out_features == 10 for fc in heads.fcs)
+    out = wrapper(x)
+    for f in out.aux_head_features:  # the hint still lines up one to one
+        assert f.shape == (2, last)
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
 @pytest.mark.parametrize("allocation", ["layer", "global"])
 def test_every_importance_and_allocation_prunes(importance, allocation, one_thread):
