@@ -69,18 +69,18 @@ def test_byot_heads_do_not_hold_the_classifier_back(arch, one_thread):
     channel by channel): they lose the same channels, and the classifier is pruned exactly as
     it is without them."""
     x = torch.randn(2, 3, 32, 32)
-    widths = {}
+    wrappers, shapes = {}, {}
     for method in ("ce", "byot"):
         wrapper, _ = _wrapper(arch, method=method, width=0.5 if arch != "wrn16_2" else 1.0)
         prune_channels(wrapper, x, SlimConfig(ratio=0.25, round_to=2))
-        widths[method] = _stage_widths(wrapper, x)
-        shapes = {n: tuple(p.shape) for n, p in wrapper.backbone.named_parameters()}
-        widths[method + " shapes"] = shapes
-    assert widths["byot"] == widths["ce"]
-    ce_shapes = widths["ce shapes"]  # byot's classifier may add feature taps (pre-act nets)
-    assert {n: widths["byot shapes"][n] for n in ce_shapes} == ce_shapes
-    last = widths["byot"][-1]
-    heads = wrapper.aux
+        wrappers[method] = wrapper
+        shapes[method] = {n: tuple(p.shape) for n, p in wrapper.backbone.named_parameters()}
+    widths = _stage_widths(wrappers["byot"], x)
+    assert widths == _stage_widths(wrappers["ce"], x)
+    # byot's classifier may add feature taps (pre-activation nets); all of ce's layers match
+    assert {n: shapes["byot"][n] for n in shapes["ce"]} == shapes["ce"]
+    last = widths[-1]
+    wrapper, heads = wrappers["byot"], wrappers["byot"].aux
     assert [m.out_channels for m in heads.tied_to_classifier() if isinstance(m, nn.Conv2d)] == [
         last
     ] * len(heads.fcs)
