@@ -148,11 +148,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def short_setting(setting: str) -> str:
+    """`train.distill.label_smoothing=0.1` -> `label_smoothing=0.1` (the value keeps its dots)."""
+    key, sep, value = setting.partition("=")
+    return key.strip().rsplit(".", 1)[-1] + sep + value.strip()
+
+
 def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     out = {m: [f"train.method={m}"] for m in args.methods}
     for spec in args.ablate:
         sets = [s.strip() for s in spec.split(",") if s.strip()]
-        tag = "ama[" + ",".join(s.split(".")[-1] for s in sets) + "]"
+        # key=value with the key's last component: ama[mask=hard,label_smoothing=0.1]
+        tag = "ama[" + ",".join(short_setting(s) for s in sets) + "]"
         out[tag] = ["train.method=ama", *sets]
     return out
 

@@ -28,6 +28,15 @@ def test_ablations_become_ama_variants(methods):
     ]
 
 
+def test_ablation_tags_keep_dotted_values(methods):
+    args = methods.parse_args(
+        ["--methods", "ama", "--ablate", "train.distill.label_smoothing=0.1", "train.lr=0.05"]
+    )
+    v = methods.variants(args)
+    assert set(v) == {"ama", "ama[label_smoothing=0.1]", "ama[lr=0.05]"}
+    assert methods.run_name("ama[label_smoothing=0.1]", 2) == "ama_label_smoothing-0.1-s2"
+
+
 def test_summary_pairs_gains_by_seed(methods):
     res = {
         "ce": {0: {"test_top1": 0.50, "epoch_s": 10.0}, 1: {"test_top1": 0.60, "epoch_s": 10.0}},
