@@ -12,7 +12,8 @@ budget fit the training set?), and epoch time and images/s with their ratio to `
 
     python benchmarks/methods.py --data imagefolder --root ../shared/datasets/cifar10-small \
         --model resnet18 --width 0.125 --epochs 15 --seeds 0 1 2 \
-        --ablate train.distill.mask=hard train.distill.ratio=confidence
+        --ablate train.distill.mask=hard train.distill.ratio=confidence \
+                 train.method=frskd,train.distill.label_smoothing=0.1
     python benchmarks/methods.py --protocol precise --width 0.25 --epochs 40 --seeds 0 1 2 --jobs 2
     python benchmarks/methods.py --protocol full --width 1 --epochs 30 --seeds 0 --methods ce ls ama \
         --batch 256 --set train.mixed_precision=bf16 --set train.channels_last=true
@@ -105,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="KEY=VALUE[,KEY=VALUE]",
-        help="extra `ama` variants, each a comma-separated set of overrides",
+        help="extra variants, each a comma-separated set of overrides: of `ama`, or of the "
+        "method a `train.method=NAME` among them names (frskd[label_smoothing=0.1])",
     )
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override for every run"
@@ -158,9 +160,19 @@ def variants(args: argparse.Namespace) -> dict[str, list[str]]:
     out = {m: [f"train.method={m}"] for m in args.methods}
     for spec in args.ablate:
         sets = [s.strip() for s in spec.split(",") if s.strip()]
+        # A variant of `ama` unless the spec names another method (train.method=frskd,...).
+        method = "ama"
+        for s in [s for s in sets if s.partition("=")[0].strip() == "train.method"]:
+            method = s.partition("=")[2].strip()
+            sets.remove(s)
+        if not sets:
+            raise SystemExit(
+                f"--ablate {spec!r}: no setting besides the method; name the method in "
+                "--methods instead, or add the overrides that make this variant"
+            )
         # key=value with the key's last component: ama[mask=hard,label_smoothing=0.1]
-        tag = "ama[" + ",".join(short_setting(s) for s in sets) + "]"
-        out[tag] = ["train.method=ama", *sets]
+        tag = f"{method}[" + ",".join(short_setting(s) for s in sets) + "]"
+        out[tag] = [f"train.method={method}", *sets]
     return out
 
 

@@ -37,6 +37,26 @@ def test_ablation_tags_keep_dotted_values(methods):
     assert methods.run_name("ama[label_smoothing=0.1]", 2) == "ama_label_smoothing-0.1-s2"
 
 
+def test_ablation_names_its_method(methods):
+    args = methods.parse_args(
+        [
+            "--methods",
+            "ama",
+            "--ablate",
+            "train.method=frskd,train.distill.label_smoothing=0.1",
+            "train.distill.label_smoothing=0.1",
+        ]
+    )
+    v = methods.variants(args)
+    assert v["frskd[label_smoothing=0.1]"] == [
+        "train.method=frskd",
+        "train.distill.label_smoothing=0.1",
+    ]
+    assert v["ama[label_smoothing=0.1]"][0] == "train.method=ama"
+    with pytest.raises(SystemExit, match="no setting besides the method"):
+        methods.variants(methods.parse_args(["--ablate", "train.method=frskd"]))
+
+
 def test_summary_pairs_gains_by_seed(methods):
     res = {
         "ce": {0: {"test_top1": 0.50, "epoch_s": 10.0}, 1: {"test_top1": 0.60, "epoch_s": 10.0}},
