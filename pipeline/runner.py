@@ -261,14 +261,54 @@ def _discard_partial(folder: Path) -> None:
     shutil.rmtree(_partial(folder), ignore_errors=True)
 
 
-def _work_folder(folder: Path, key: str) -> Path:
-    """The stage's working folder; kept across crashes so a long stage can resume from it."""
+def _work_folder(folder: Path, manifest: Manifest) -> Path:
+    """The stage's working folder; kept across crashes so a long stage can resume from it.
+    An unfinished folder made under another key cannot be resumed: it is discarded, and when
+    it held checkpoints the log says what it held and what changed."""
     work = _partial(folder)
     previous = Manifest.load(work)
-    if work.exists() and (previous is None or previous.key != key):
+    if work.exists() and (previous is None or previous.key != manifest.key):
+        newest = read_checkpoint_index(work).get("checkpoint") if previous else None
+        if newest:
+            log.warning(
+                "%s: discarding an unfinished run in %s (last checkpoint: epoch %s, step %s): "
+                "%s, so it cannot be resumed and the stage starts over",
+                manifest.stage, work, newest.get("epoch"), newest.get("step"),
+                _what_changed(previous, manifest),
+            )  # fmt: skip
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     return work
+
+
+def _what_changed(previous: Manifest, current: Manifest) -> str:
+    """Why two manifests of one stage have different keys, in the user's terms."""
+    changed = sorted(
+        f"{name}.{k}" if k else name
+        for name in set(previous.config) | set(current.config)
+        for k in _changed_keys(previous.config.get(name), current.config.get(name))
+    )
+    if changed:
+        more = ", ..." if len(changed) > 6 else ""
+        return f"its config differs ({', '.join(changed[:6])}{more})"
+    if previous.inputs != current.inputs:
+        return "an earlier stage it reads was re-run"
+    if previous.data.get("fingerprint") != current.data.get("fingerprint"):
+        return (
+            "the data changed (files added, removed or modified; a copied data set gets new "
+            "modification times and counts as changed)"
+        )
+    return "it was made by another pipeline version"
+
+
+def _changed_keys(a: object, b: object) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [
+            f"{k}.{sub}" if sub else str(k)
+            for k in sorted(set(a) | set(b), key=str)
+            for sub in (_changed_keys(a.get(k), b.get(k)) if a.get(k) != b.get(k) else [])
+        ]
+    return [""] if a != b else []
 
 
 def _run_stage(
@@ -280,11 +320,11 @@ def _run_stage(
     data_fp: str,
 ) -> Manifest:
     cfg = ctx.cfg
-    work = _work_folder(folder, key)
     manifest = Manifest(stage=stage, key=key)
     manifest.config = cfg.sections(stages.get(stage).config)
     manifest.inputs = {s: m.key for s, m in inputs.items()}
     manifest.data = ctx.data.summary() if stage == "train" else {"fingerprint": data_fp}
+    work = _work_folder(folder, manifest)
     manifest.environment = environment()
     manifest.seed = cfg.train.seed
     manifest.started = time.time()

@@ -385,3 +385,49 @@ def test_readme_documents_every_exit_code():
         int(c) for c in re.findall(r"^\| (\d+) \|", (REPO / "README.md").read_text(), re.M)
     }
     assert {*EXIT_CODES.values(), INTERRUPTED_EXIT_CODE} <= documented
+
+
+def test_unfinished_run_under_another_config_is_discarded_with_the_reason(
+    tmp_path, capsys, monkeypatch
+):
+    from pipeline.distill.methods import CrossEntropy
+    from tests.conftest import TINY
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("{}\n")
+    sets = sum((["--set", o] for o in [*TINY, f"run_dir={tmp_path / 'runs'}", "name=c"]), [])
+    args = ["run", str(cfg), *sets, "--set", "train.checkpoint_every_steps=4", "--only", "train"]
+    real, calls = CrossEntropy.loss, {"n": 0}
+
+    def nan_after_ten(self, out, y, epoch):
+        calls["n"] += 1
+        res = real(self, out, y, epoch)
+        if calls["n"] > 10:
+            res.total = res.total * float("nan")
+        return res
+
+    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
+    assert main(args) == 5  # stopped, checkpoints kept in the unfinished folder
+    monkeypatch.setattr(CrossEntropy, "loss", real)
+    work = _folder(tmp_path / "runs" / "c", "train").with_name("01_train.partial")
+    step = read_checkpoint_index(work)["checkpoint"]["step"]
+    capsys.readouterr()
+    assert main([*args, "--set", "train.lr=0.05"]) == 0
+    err = capsys.readouterr().err
+    assert f"discarding an unfinished run in {work}" in err and f"step {step}" in err
+    assert "its config differs (train.lr)" in err and "resuming from checkpoint" not in err
+
+
+def test_what_changed_names_config_keys_inputs_data_or_version():
+    from pipeline.runner import _what_changed
+
+    def m(**kw):
+        base = dict(stage="train", key="k", config={"train": {"lr": 0.1, "distill": {"alpha": 1}}},
+                    inputs={}, data={"fingerprint": "a"})  # fmt: skip
+        return Manifest(**{**base, **kw})
+
+    nested = m(config={"train": {"lr": 0.1, "distill": {"alpha": 2}}, "model": {"w": 1}})
+    assert _what_changed(m(), nested) == "its config differs (model, train.distill.alpha)"
+    assert "earlier stage" in _what_changed(m(), m(inputs={"train": "x"}))
+    assert "the data changed" in _what_changed(m(), m(data={"fingerprint": "b"}))
+    assert "pipeline version" in _what_changed(m(), m())
