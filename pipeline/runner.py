@@ -268,7 +268,9 @@ def _work_folder(folder: Path, manifest: Manifest) -> Path:
     work = _partial(folder)
     previous = Manifest.load(work)
     if work.exists() and (previous is None or previous.key != manifest.key):
-        newest = read_checkpoint_index(work).get("checkpoint") if previous else None
+        newest = None
+        with contextlib.suppress(ArtefactError):  # a torn index: nothing worth naming
+            newest = read_checkpoint_index(work).get("checkpoint") if previous else None
         if newest:
             log.warning(
                 "%s: discarding an unfinished run in %s (last checkpoint: epoch %s, step %s): "

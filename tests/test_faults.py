@@ -417,6 +417,14 @@ def test_unfinished_run_under_another_config_is_discarded_with_the_reason(
     assert f"discarding an unfinished run in {work}" in err and f"step {step}" in err
     assert "its config differs (train.lr)" in err and "resuming from checkpoint" not in err
 
+    # A torn checkpoint index under another key is discarded too, not refused.
+    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
+    calls["n"] = 0
+    assert main([*args, "--set", "train.lr=0.02"]) == 5
+    monkeypatch.setattr(CrossEntropy, "loss", real)
+    (work / CHECKPOINT_INDEX).write_text("{torn")
+    assert main(args) == 0
+
 
 def test_what_changed_names_config_keys_inputs_data_or_version():
     from pipeline.runner import _what_changed
