@@ -272,26 +272,41 @@ def test_decompression_bomb_is_a_bad_image(tmp_path, capsys):
     assert bomb.name in err
 
 
-def test_poisoned_checkpoint_falls_back_or_is_refused(tmp_path, capsys, monkeypatch):
-    from pipeline.distill.methods import CrossEntropy
+def _checkpointing_train_args(tmp_path: Path, name: str) -> list[str]:
+    """`run` of the tiny training alone, checkpointing every 4 steps."""
     from tests.conftest import TINY
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("{}\n")
-    sets = sum((["--set", o] for o in [*TINY, f"run_dir={tmp_path / 'runs'}", "name=p"]), [])
-    args = ["run", str(cfg), *sets, "--set", "train.checkpoint_every_steps=4", "--only", "train"]
+    sets = sum((["--set", o] for o in [*TINY, f"run_dir={tmp_path / 'runs'}", f"name={name}"]), [])
+    return ["run", str(cfg), *sets, "--set", "train.checkpoint_every_steps=4", "--only", "train"]
+
+
+def _run_until_nan(monkeypatch, args: list[str], after: int = 10) -> int:
+    """`main(args)` with the loss turning NaN after `after` steps, so the NaN policy stops the
+    run and keeps its checkpoints; the real loss is back afterwards. Returns the exit code."""
+    from pipeline.distill.methods import CrossEntropy
+
     real, calls = CrossEntropy.loss, {"n": 0}
 
-    def nan_after_ten(self, out, y, epoch):
+    def nan_after(self, out, y, epoch):
         calls["n"] += 1
         res = real(self, out, y, epoch)
-        if calls["n"] > 10:
+        if calls["n"] > after:
             res.total = res.total * float("nan")
         return res
 
-    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
-    assert main(args) == 5  # stopped by the NaN policy, two checkpoints kept (steps 4 and 8)
-    monkeypatch.setattr(CrossEntropy, "loss", real)
+    monkeypatch.setattr(CrossEntropy, "loss", nan_after)
+    try:
+        return main(args)
+    finally:
+        monkeypatch.setattr(CrossEntropy, "loss", real)
+
+
+def test_poisoned_checkpoint_falls_back_or_is_refused(tmp_path, capsys, monkeypatch):
+    args = _checkpointing_train_args(tmp_path, "p")
+    # stopped by the NaN policy, two checkpoints kept (steps 4 and 8)
+    assert _run_until_nan(monkeypatch, args) == 5
     work = _folder(tmp_path / "runs" / "p", "train").with_name("01_train.partial")
     index = read_checkpoint_index(work)
     newest, older = index["checkpoints"][-1], index["checkpoints"][0]
@@ -304,11 +319,8 @@ def test_poisoned_checkpoint_falls_back_or_is_refused(tmp_path, capsys, monkeypa
     assert f"checkpoints/{older}" in err and "weights_only=False" not in err
 
     # Every checkpoint damaged: refused, naming them, with the way out.
-    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
-    calls["n"] = 0
     shutil.rmtree(_folder(tmp_path / "runs" / "p", "train"))
-    assert main([*args, "--force"]) == 5
-    monkeypatch.setattr(CrossEntropy, "loss", real)
+    assert _run_until_nan(monkeypatch, [*args, "--force"]) == 5
     for name in read_checkpoint_index(work)["checkpoints"]:
         (work / "checkpoints" / name / "model.safetensors").write_bytes(b"junk")
     capsys.readouterr()
@@ -390,25 +402,10 @@ def test_readme_documents_every_exit_code():
 def test_unfinished_run_under_another_config_is_discarded_with_the_reason(
     tmp_path, capsys, monkeypatch
 ):
-    from pipeline.distill.methods import CrossEntropy
-    from tests.conftest import TINY
-
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("{}\n")
-    sets = sum((["--set", o] for o in [*TINY, f"run_dir={tmp_path / 'runs'}", "name=c"]), [])
-    args = ["run", str(cfg), *sets, "--set", "train.checkpoint_every_steps=4", "--only", "train"]
-    real, calls = CrossEntropy.loss, {"n": 0}
-
-    def nan_after_ten(self, out, y, epoch):
-        calls["n"] += 1
-        res = real(self, out, y, epoch)
-        if calls["n"] > 10:
-            res.total = res.total * float("nan")
-        return res
-
-    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
-    assert main(args) == 5  # stopped, checkpoints kept in the unfinished folder
-    monkeypatch.setattr(CrossEntropy, "loss", real)
+    args = _checkpointing_train_args(tmp_path, "c")
+    assert (
+        _run_until_nan(monkeypatch, args) == 5
+    )  # stopped, checkpoints kept in the unfinished folder
     work = _folder(tmp_path / "runs" / "c", "train").with_name("01_train.partial")
     step = read_checkpoint_index(work)["checkpoint"]["step"]
     capsys.readouterr()
@@ -418,10 +415,7 @@ def test_unfinished_run_under_another_config_is_discarded_with_the_reason(
     assert "its config differs (train.lr)" in err and "resuming from checkpoint" not in err
 
     # A torn checkpoint index under another key is discarded too, not refused.
-    monkeypatch.setattr(CrossEntropy, "loss", nan_after_ten)
-    calls["n"] = 0
-    assert main([*args, "--set", "train.lr=0.02"]) == 5
-    monkeypatch.setattr(CrossEntropy, "loss", real)
+    assert _run_until_nan(monkeypatch, [*args, "--set", "train.lr=0.02"]) == 5
     (work / CHECKPOINT_INDEX).write_text("{torn")
     assert main(args) == 0
 
