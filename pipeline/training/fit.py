@@ -71,6 +71,14 @@ def optimizer_steps_per_epoch(batches_per_epoch: int, accum: int) -> int:
     return max(1, math.ceil(batches_per_epoch / accum))
 
 
+def scheduler_ticks_per_epoch(per_rank_batches: int, accum: int, processes: int) -> int:
+    """The schedule's unit. Accelerate's prepared scheduler advances once per process at each
+    optimizer step (it expects a schedule counted over the unsharded loader), so an epoch is
+    this rank's optimizer steps times the processes: the same learning rate at the end of each
+    epoch on 1 and N processes, with batches from a sharded DataLoader or made on the device."""
+    return optimizer_steps_per_epoch(per_rank_batches, accum) * processes
+
+
 def weights_sha256(model: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in model.state_dict().items():
@@ -133,15 +141,16 @@ def _build(
     )  # fmt: skip
     method.attach(len(bundle.train), acc.device)
     optimizer = make_optimizer(model, t)
-    steps = optimizer_steps_per_epoch(len(loaders[0]), t.grad_accum_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, steps))
     if t.compile:
         model = torch.compile(model)
     if on_device:  # batches are made on the device already; Accelerate prepares the rest
-        model, optimizer, *evals, scheduler = acc.prepare(model, optimizer, *loaders[1:], scheduler)
+        model, optimizer, *evals = acc.prepare(model, optimizer, *loaders[1:])
         loaders = [loaders[0], *evals]
     else:
-        model, optimizer, *loaders, scheduler = acc.prepare(model, optimizer, *loaders, scheduler)
+        model, optimizer, *loaders = acc.prepare(model, optimizer, *loaders)
+    # Laid out from the batches this rank sees, after sharding, on either loader path.
+    ticks = scheduler_ticks_per_epoch(len(loaders[0]), t.grad_accum_steps, acc.num_processes)
+    scheduler = acc.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, ticks)))
     log.info("training batches: %s", "made on the device" if on_device else "DataLoader")
     bar = tqdm(
         total=t.epochs * len(loaders[0]), desc=f"train {t.method}", disable=not acc.is_main_process,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,3 +133,36 @@ def test_comparators_with_extras_train_on_two_processes(tmp_path, method):
         store = load_file(str(folder / "checkpoints" / last / "method_state.safetensors"))
         assert store["seen"].numel() == 200  # digits, 20 train images per class
         assert bool(store["seen"].all())
+
+
+def _epoch_lrs(run: Path) -> list[float]:
+    rows = (stages.folder(run, "train") / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["lr"] for line in rows]
+
+
+def test_learning_rate_per_epoch_is_the_same_on_one_and_two_processes(tmp_path):
+    """The schedule follows epochs, not processes: batches made on the device (each rank's
+    loader already sharded) once ran it N times too fast (cosine over 4 epochs ended epoch 1
+    at a quarter of its peak, then sat at 0)."""
+    common = [
+        "train.method=ce",
+        "train.epochs=4",
+        "train.warmup_epochs=0",
+        "train.schedule=cosine",
+        "train.val_every_epochs=4",
+    ]
+    variants = {
+        "one": ["data.on_device=false"],
+        "two-device": ["data.on_device=true", "train.processes=2"],
+        "two-device-accum": ["data.on_device=true", "train.processes=2", "train.grad_accum_steps=2"],
+        "two-loader-accum": ["data.on_device=false", "train.processes=2", "train.grad_accum_steps=2"],
+    }
+    lrs = {}
+    for name, extra in variants.items():
+        res = _run(tmp_path, name, [*common, *extra])
+        assert res.returncode == 0, (name, res.stderr[-3000:])
+        lrs[name] = _epoch_lrs(tmp_path / "runs" / name)
+    peak = 0.1 * 32 / 128  # train.lr at the linear-scaled global batch
+    expected = [peak * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in (1, 2, 3, 4)]
+    for name, got in lrs.items():
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-12), (name, got)
