@@ -154,8 +154,16 @@ def test_learning_rate_per_epoch_is_the_same_on_one_and_two_processes(tmp_path):
     variants = {
         "one": ["data.on_device=false"],
         "two-device": ["data.on_device=true", "train.processes=2"],
-        "two-device-accum": ["data.on_device=true", "train.processes=2", "train.grad_accum_steps=2"],
-        "two-loader-accum": ["data.on_device=false", "train.processes=2", "train.grad_accum_steps=2"],
+        "two-device-accum": [
+            "data.on_device=true",
+            "train.processes=2",
+            "train.grad_accum_steps=2",
+        ],
+        "two-loader-accum": [
+            "data.on_device=false",
+            "train.processes=2",
+            "train.grad_accum_steps=2",
+        ],
     }
     lrs = {}
     for name, extra in variants.items():
