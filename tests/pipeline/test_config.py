@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.__main__ import main
 from pipeline.config import load_config
@@ -228,3 +229,30 @@ def test_slim_distill_survives_a_dump_and_reload(tmp_path):
     path.write_text(dump_config(cfg))
     again = load_config(path)
     assert again == cfg and again.recovery_options().lambda_cls == 2.0
+
+
+def test_a_run_folders_config_in_the_earlier_layout_still_loads(tmp_path):
+    """`config.yaml` of a run made when train.distill held every method's options."""
+    earlier = {
+        "temperature": 4.0,
+        "alpha": 1.5,
+        "beta": 100.0,
+        "beta_mix": 100.0,
+        "mask": "soft",
+        "kappa": 20.0,
+        "ratio": "entropy",
+        "ratio_invert": False,
+        "mix_warmup_epochs": None,
+        "kd_warmup_epochs": 0,
+        "label_smoothing": 0.0,
+        "ls": {"smoothing": 0.2},
+        "cskd": {"temperature": 4.0, "lambda_cls": 1.0},
+        "pskd": {"alpha_final": 0.8},
+        "byot": {"temperature": 3.0, "alpha": 0.1, "beta": 1e-6},
+    }
+    path = tmp_path / "config.yaml"
+    for method, expected in (("ama", {"alpha": 1.5}), ("ls", {"smoothing": 0.2}), ("ce", {})):
+        path.write_text(yaml.safe_dump({"train": {"method": method, "distill": earlier}}))
+        d = load_config(path).train.distill.model_dump()
+        default = load_config(None, [f"train.method={method}"]).train.distill.model_dump()
+        assert d == {**default, **expected}
