@@ -33,7 +33,6 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.config import DistillConfig  # noqa: E402
 from pipeline.data.presets import PRESETS  # noqa: E402
 from pipeline.training.model import build_training_model  # noqa: E402
 from pipeline.training.stability import head_sharpness, stability_limit  # noqa: E402
@@ -53,16 +52,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=0, help="linear warm-up over this many steps")
     p.add_argument("--clip", type=float, default=None, help="max gradient norm")
     p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="train.distill setting, e.g. --set alpha=0 (value read as JSON)",
-    )  # fmt: skip
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option of the method (train.distill), e.g. --set alpha=0 (value read as JSON)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="JSON lines file (default: stdout)")
     p.add_argument(
-        "--table", type=Path, default=None, metavar="FOLDER",
+        "--table",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
         help="train nothing: print the Markdown tables of the runs (*.jsonl) in FOLDER, "
         "whole runs and per epoch",
-    )  # fmt: skip
+    )
     return p.parse_args(argv)
 
 
@@ -107,8 +112,10 @@ def table(folder: Path) -> str:
 def epoch_table(folder: Path) -> str:
     """Per epoch of each run: the classifier's batch top-1 averaged over the epoch's steps and
     the lowest RMS of its last stage (files written before steps carried an epoch are left out)."""
-    lines = ["| run | epoch | steps | classifier top-1, mean | last-stage RMS, lowest |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| run | epoch | steps | classifier top-1, mean | last-stage RMS, lowest |",
+        "|---|---|---|---|---|",
+    ]
     for path in sorted(folder.glob("*.jsonl")):
         steps = [json.loads(line) for line in path.read_text().splitlines()[1:]]
         for e in sorted({s["epoch"] for s in steps if "epoch" in s}):
@@ -144,10 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.manual_seed(a.seed)
     images, labels = load_train(a.root)
-    distill = DistillConfig(**{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
-    spec = {"arch": "resnet18", "stem": "cifar", "width": a.width,
-            "num_classes": int(labels.max()) + 1, "method": a.method}  # fmt: skip
-    model, method = build_training_model(spec, distill, epochs=SCHEDULE_EPOCHS)
+    options = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
+    spec = {
+        "arch": "resnet18",
+        "stem": "cifar",
+        "width": a.width,
+        "num_classes": int(labels.max()) + 1,
+        "method": a.method,
+    }
+    model, method = build_training_model(spec, options, epochs=SCHEDULE_EPOCHS)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     model.train()
@@ -171,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             if step == 0:
                 s = head_sharpness(model, method, x, y)
                 limit = stability_limit(MOMENTUM, False)
-                head = {"head_sharpness": round(s, 2), "peak_lr_x_sharpness": round(a.lr * s, 2),
-                        "stability_limit": limit, "args": {k: str(v) for k, v in vars(a).items()}}  # fmt: skip
+                head = {
+                    "head_sharpness": round(s, 2),
+                    "peak_lr_x_sharpness": round(a.lr * s, 2),
+                    "stability_limit": limit,
+                    "args": {k: str(v) for k, v in vars(a).items()},
+                }
                 print(json.dumps(head), file=out_file, flush=True)
             out = model(x)
             loss = method.loss(out, y, epoch=epoch)
@@ -181,16 +197,21 @@ def main(argv: list[str] | None = None) -> int:
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip or float("inf"))
             opt.step()
             row = {
-                "step": step, "epoch": epoch, "lr": lr, "t": round(time.time() - t0),
+                "step": step,
+                "epoch": epoch,
+                "lr": lr,
+                "t": round(time.time() - t0),
                 "acc": round((out.logits.argmax(1) == y).float().mean().item(), 3),
-                "aux_acc": None if out.aux_logits is None
+                "aux_acc": None
+                if out.aux_logits is None
                 else round((out.aux_logits.argmax(1) == y).float().mean().item(), 3),
                 "grad_norm": round(norm.item(), 2),
                 "logit_max": round(out.logits.detach().abs().max().item(), 1),
-                "feat_rms": [round(f.detach().float().pow(2).mean().sqrt().item(), 3)
-                             for f in out.features],
+                "feat_rms": [
+                    round(f.detach().float().pow(2).mean().sqrt().item(), 3) for f in out.features
+                ],
                 **{k: round(v.item(), 3) for k, v in loss.parts.items()},
-            }  # fmt: skip
+            }
             print(json.dumps(row), file=out_file, flush=True)
     finally:
         if a.out:

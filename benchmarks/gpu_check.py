@@ -27,8 +27,11 @@ sys.path.insert(0, str(REPO))
 def gpu_tests() -> dict:
     res = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
-        cwd=REPO, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     tail = res.stdout.strip().splitlines()[-1:] if res.stdout.strip() else []
     return {"exit_code": res.returncode, "summary": tail[0] if tail else res.stderr[-500:]}
 
@@ -37,7 +40,6 @@ def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
     """bf16, channels_last training steps of one method on random CIFAR-sized batches."""
     import torch
 
-    from pipeline.config import DistillConfig
     from pipeline.training.model import build_training_model
 
     spec = {
@@ -47,7 +49,8 @@ def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
         "num_classes": 100,
         "method": method,
     }
-    model, m = build_training_model(spec, DistillConfig(mix_warmup_epochs=0))
+    options = {"mix_warmup_epochs": 0} if method in ("frskd", "ama") else None
+    model, m = build_training_model(spec, options)
     model = model.cuda().to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     x = torch.randn(batch, 3, 32, 32, device="cuda").to(memory_format=torch.channels_last)
@@ -129,15 +132,25 @@ def loader_ab(
     precision = "bf16" if device == "cuda" else "no"
     out: dict = {"width": width, "batch": batch, "epochs": epochs, "method": "ce", "images": n}
     for on_device in (False, True):
-        cfg = load_config(None, [
-            "data.name=cifar10", f"data.root={root}", "data.val_fraction=0.02",
-            f"model.width={width}", f"train.epochs={epochs}", f"train.batch_size={batch}",
-            f"train.device={device}", f"train.mixed_precision={precision}",
-            f"train.channels_last={'true' if device == 'cuda' else 'auto'}",
-            "train.val_every_epochs=null", "train.checkpoint_every_epochs=null",
-            f"data.on_device={str(on_device).lower()}", f"run_dir={tmp / 'runs'}",
-            f"name=loader-{'device' if on_device else 'dataloader'}",
-        ])  # fmt: skip
+        cfg = load_config(
+            None,
+            [
+                "data.name=cifar10",
+                f"data.root={root}",
+                "data.val_fraction=0.02",
+                f"model.width={width}",
+                f"train.epochs={epochs}",
+                f"train.batch_size={batch}",
+                f"train.device={device}",
+                f"train.mixed_precision={precision}",
+                f"train.channels_last={'true' if device == 'cuda' else 'auto'}",
+                "train.val_every_epochs=null",
+                "train.checkpoint_every_epochs=null",
+                f"data.on_device={str(on_device).lower()}",
+                f"run_dir={tmp / 'runs'}",
+                f"name=loader-{'device' if on_device else 'dataloader'}",
+            ],
+        )
         run_pipeline(cfg, only="train")
         rows = (cfg.run_path / "01_train" / "metrics.jsonl").read_text().splitlines()
         last = json.loads(rows[-1])

@@ -110,7 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "method a `train.method=NAME` among them names (frskd[label_smoothing=0.1])",
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="override for every run"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="override for every run; train.distill holds the options of each run's own method, "
+        "so a train.distill key belongs in --ablate unless every method takes it",
     )
     p.add_argument(
         "--jobs",

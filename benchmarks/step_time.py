@@ -18,18 +18,20 @@ import time
 
 import torch
 
-from pipeline.config import DistillConfig
 from pipeline.distill import create_method
 from pipeline.models import SelfDistillModel, count_parameters, create_model
 from pipeline.training.host_memory import reuse_freed_memory
 
 
 def build(method_name: str, args: argparse.Namespace, num_classes: int):
-    method = create_method(method_name, DistillConfig(), num_classes=num_classes, epochs=200)
+    method = create_method(method_name, num_classes=num_classes, epochs=200)
     backbone = create_model(
-        args.model, num_classes=num_classes, stem="cifar", width=args.width,
+        args.model,
+        num_classes=num_classes,
+        stem="cifar",
+        width=args.width,
         feature_taps=method.needs_features,
-    )  # fmt: skip
+    )
     model = SelfDistillModel(backbone, method.build_aux(backbone))
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -263,9 +263,19 @@ def test_decompression_bomb_is_a_bad_image(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("{}\n")
     code = main(
-        ["run", str(cfg), "--set", "data.name=imagefolder", "--set", f"data.root={fake.folder}",
-         "--set", f"run_dir={tmp_path / 'runs'}", "--only", "train"]
-    )  # fmt: skip
+        [
+            "run",
+            str(cfg),
+            "--set",
+            "data.name=imagefolder",
+            "--set",
+            f"data.root={fake.folder}",
+            "--set",
+            f"run_dir={tmp_path / 'runs'}",
+            "--only",
+            "train",
+        ]
+    )
     assert code == 4
     err = capsys.readouterr().err
     _no_traceback(err)
@@ -285,7 +295,7 @@ def _checkpointing_train_args(tmp_path: Path, name: str) -> list[str]:
 def _run_until_nan(monkeypatch, args: list[str], after: int = 10) -> int:
     """`main(args)` with the loss turning NaN after `after` steps, so the NaN policy stops the
     run and keeps its checkpoints; the real loss is back afterwards. Returns the exit code."""
-    from pipeline.distill.methods import CrossEntropy
+    from pipeline.distill.methods.ce import CrossEntropy
 
     real, calls = CrossEntropy.loss, {"n": 0}
 
@@ -424,8 +434,13 @@ def test_what_changed_names_config_keys_inputs_data_or_version():
     from pipeline.runner import _what_changed
 
     def m(**kw):
-        base = dict(stage="train", key="k", config={"train": {"lr": 0.1, "distill": {"alpha": 1}}},
-                    inputs={}, data={"fingerprint": "a"})  # fmt: skip
+        base = dict(
+            stage="train",
+            key="k",
+            config={"train": {"lr": 0.1, "distill": {"alpha": 1}}},
+            inputs={},
+            data={"fingerprint": "a"},
+        )
         return Manifest(**{**base, **kw})
 
     nested = m(config={"train": {"lr": 0.1, "distill": {"alpha": 2}}, "model": {"w": 1}})

@@ -103,7 +103,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
 
     model_dir = inputs["slim"].folder  # the trained model, channel-pruned or passed through
     spec = read_spec(model_dir, "model")
-    wrapper, _ = build_training_model(spec, cfg.train.distill)
+    wrapper, _ = build_training_model(spec)  # the network only: no options needed
     load_weights(wrapper, model_dir, "model")
     deploy_spec = {k: v for k, v in spec.items() if k != "feature_taps"}
     deploy_spec["aux_removed"] = wrapper.aux is not None
@@ -134,9 +134,11 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         "latency_deployed_ms": torch_latency(deployed, one),
     }
     cost["macs_removed"] = cost["macs_training"] - cost["macs_deployed"]
-    if isinstance(wrapper.aux, SelfTeacher):  # byot's shallow heads draw no attention
+    # A self-teacher (frskd, ama: their options hold the mask settings); byot's shallow heads
+    # and the methods without an auxiliary branch draw no attention.
+    if isinstance(wrapper.aux, SelfTeacher):
         images_shown = images[: min(6, len(images))]
-        attention_figures(wrapper, images_shown, spec, cfg.train.distill, out_dir)
+        attention_figures(wrapper, images_shown, spec, cfg.final_options(), out_dir)
     log.info(
         "pruned %d -> %d parameters; logits max |diff| %.3g on %d test images",
         cost["params_training"],

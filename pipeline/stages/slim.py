@@ -45,7 +45,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def recovery_method(cfg) -> str:
-    return cfg.train.method if cfg.slim.method == "auto" else cfg.slim.method
+    return cfg.recovery_method()
 
 
 def train_batches(ctx: StageContext, n_batches: int, batch: int = 64):
@@ -74,9 +74,10 @@ def start_model(cfg, train_dir: Path):
 
     method = recovery_method(cfg)
     spec = read_spec(train_dir, "model")
-    needs = create_method(method, cfg.train.distill, num_classes=spec["num_classes"], epochs=1)
+    options = cfg.recovery_options()
+    needs = create_method(method, options, num_classes=spec["num_classes"], epochs=1)
     spec = {**spec, "method": method, "feature_taps": needs.needs_features}
-    wrapper, _ = build_training_model(spec, cfg.train.distill)
+    wrapper, _ = build_training_model(spec, options)
     trained = load_file(str(train_dir / "model.safetensors"))
     own = wrapper.state_dict()
     fresh = sorted(k for k in own if k not in trained)
@@ -153,11 +154,10 @@ def prune(cfg, ctx: StageContext, train_dir: Path, pruned_dir: Path) -> dict[str
 
 
 def recovery_config(cfg):
-    """The train settings of the fine-tuning: the slim stage's schedule and method. The KL
-    warm-up is for a head at its initial weights, so a trained one is distilled at alpha from
-    the first step."""
+    """The train settings of the fine-tuning: the slim stage's schedule, method and its
+    options (`PipelineConfig.recovery_options`)."""
     s = cfg.slim
-    distill = cfg.train.distill.model_copy(update={"kd_warmup_epochs": 0})
+    distill = cfg.recovery_options()
     train = cfg.train.model_copy(
         update={
             "method": recovery_method(cfg), "epochs": s.epochs, "lr": s.lr,
@@ -183,12 +183,12 @@ def recover(cfg, ctx: StageContext, pruned_dir: Path, out_dir: Path) -> dict[str
     return fit(rcfg, ctx.data, out_dir, start=pruned_dir)
 
 
-def deployable(folder: Path, distill):
+def deployable(folder: Path):
     from pipeline.models.io import load_weights, read_spec
     from pipeline.training.model import build_training_model
 
     spec = read_spec(folder, "model")
-    wrapper, _ = build_training_model(spec, distill)
+    wrapper, _ = build_training_model(spec)  # the network only: no options needed
     return load_weights(wrapper, folder, "model").deployable()
 
 
@@ -258,11 +258,10 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         return StageResult(metrics={"slimmed": False})
     record = prune(cfg, ctx, train_dir, out_dir / "pruned")
     recovery = recover(cfg, ctx, out_dir / "pruned", out_dir)
-    distill = cfg.train.distill
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # measured; not artefacts
         table = compression_table(
-            measure(cfg, ctx, deployable(train_dir, distill), Path(tmp) / "unpruned"),
-            measure(cfg, ctx, deployable(out_dir, distill), Path(tmp) / "slim"),
+            measure(cfg, ctx, deployable(train_dir), Path(tmp) / "unpruned"),
+            measure(cfg, ctx, deployable(out_dir), Path(tmp) / "slim"),
         )
     log.info(
         "slim: %.2fx fewer MACs, FP32 %.2fx and INT8 %.2fx faster at batch 1, top-1 %+.4f (FP32)",

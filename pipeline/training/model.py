@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.distill import Method, create_method
+from pipeline.distill import Method, OptionsInput, create_method
 from pipeline.models import SelfDistillModel
 from pipeline.models.io import apply_widths, build_backbone
 
@@ -36,17 +36,12 @@ def model_spec(cfg, bundle) -> dict[str, Any]:
 
 
 def build_training_model(
-    spec: dict[str, Any], distill_cfg=None, epochs: int = 1
+    spec: dict[str, Any], options: OptionsInput = None, epochs: int = 1
 ) -> tuple[SelfDistillModel, Method]:
-    """The training wrapper for `spec` (classifier + the method's auxiliary branch) and its method."""
-    from pipeline.config import DistillConfig
-
-    method = create_method(
-        spec["method"],
-        distill_cfg if distill_cfg is not None else DistillConfig(),
-        num_classes=spec["num_classes"],
-        epochs=epochs,
-    )
+    """The training wrapper for `spec` (classifier + the method's auxiliary branch) and its
+    method, with `options` (the method's own; None = its defaults, as when only the network is
+    needed)."""
+    method = create_method(spec["method"], options, num_classes=spec["num_classes"], epochs=epochs)
     feature_taps = spec.get("feature_taps", method.needs_features)
     backbone = build_backbone(spec, feature_taps=feature_taps, shaped=False)
     # the self-teacher is built at the unpruned widths; a pruned spec then resizes both parts

@@ -11,9 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import DistillConfig, load_config
+from pipeline.config import load_config
 from pipeline.data import SampleExtras
 from pipeline.distill import create_method
+from pipeline.distill.methods.cskd import CSKDOptions
+from pipeline.distill.methods.ls import LabelSmoothingOptions
+from pipeline.distill.methods.pskd import PSKDOptions
 from pipeline.models import SelfDistillModel, create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +26,7 @@ K = 6
 
 def _model(method: str, epochs: int = 10, **cfg):
     torch.manual_seed(0)
-    m = create_method(method, DistillConfig(**cfg), num_classes=K, epochs=epochs)
+    m = create_method(method, cfg, num_classes=K, epochs=epochs)
     net = create_model("resnet18", num_classes=K, stem="cifar", width=0.125)
     return m, SelfDistillModel(net, m.build_aux(net))
 
@@ -49,7 +52,7 @@ class _Out:
 
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_ls_is_cross_entropy_against_the_smoothed_target(eps: float) -> None:
-    method = create_method("ls", DistillConfig(ls={"smoothing": eps}), num_classes=K, epochs=1)
+    method = create_method("ls", {"smoothing": eps}, num_classes=K, epochs=1)
     z, y = _logits(), torch.tensor([0, 1, 2, 3, 5])
     res = method.loss(_Out(z), y, epoch=0)
     target = (1 - eps) * F.one_hot(y, K).float() + eps / K  # Szegedy et al., section 7
@@ -60,10 +63,10 @@ def test_ls_is_cross_entropy_against_the_smoothed_target(eps: float) -> None:
 
 
 def test_ls_default_is_the_papers_0_1_and_zero_smoothing_is_ce() -> None:
-    assert DistillConfig().ls.smoothing == 0.1
+    assert LabelSmoothingOptions().smoothing == 0.1
     z, y = _logits(), torch.tensor([0, 1, 2, 3, 5])
-    off = create_method("ls", DistillConfig(ls={"smoothing": 0.0}), num_classes=K, epochs=1)
-    ce = create_method("ce", DistillConfig(), num_classes=K, epochs=1)
+    off = create_method("ls", {"smoothing": 0.0}, num_classes=K, epochs=1)
+    ce = create_method("ce", num_classes=K, epochs=1)
     torch.testing.assert_close(off.loss(_Out(z), y, 0).total, ce.loss(_Out(z), y, 0).total)
 
 
@@ -71,8 +74,8 @@ def test_ls_default_is_the_papers_0_1_and_zero_smoothing_is_ce() -> None:
 
 
 def test_cskd_term_is_lambda_t2_kl_of_partner_over_anchor() -> None:
-    method = create_method("cskd", DistillConfig(cskd={"lambda_cls": 2.0}), num_classes=K, epochs=1)
-    assert (DistillConfig().cskd.temperature, DistillConfig().cskd.lambda_cls) == (4.0, 1.0)
+    method = create_method("cskd", {"lambda_cls": 2.0}, num_classes=K, epochs=1)
+    assert (CSKDOptions().temperature, CSKDOptions().lambda_cls) == (4.0, 1.0)
     z, zp, y = _logits(seed=0), _logits(seed=1), torch.tensor([0, 1, 2, 3, 5])
     res = method.loss(_Out(z), y, epoch=0, pair_logits=zp)
     t = 4.0
@@ -140,19 +143,19 @@ def test_pairs_are_other_members_of_the_same_class_drawn_uniformly() -> None:
 
 
 def _pskd(epochs: int = 10, n: int = 8, **cfg):
-    m = create_method("pskd", DistillConfig(**cfg), num_classes=K, epochs=epochs)
+    m = create_method("pskd", cfg, num_classes=K, epochs=epochs)
     m.attach(n, torch.device("cpu"))
     return m
 
 
 def test_pskd_alpha_grows_linearly_to_alpha_t_at_the_last_epoch() -> None:
-    assert DistillConfig().pskd.alpha_final == 0.8
+    assert PSKDOptions().alpha_final == 0.8
     m = _pskd(epochs=10)
     assert m.alpha(0) == 0.0  # no earlier prediction in the first epoch
     assert m.alpha(1) == pytest.approx(0.8 * 2 / 10)
     assert m.alpha(4) == pytest.approx(0.8 * 5 / 10)
     assert m.alpha(9) == pytest.approx(0.8)
-    assert _pskd(epochs=4, pskd={"alpha_final": 0.5}).alpha(3) == pytest.approx(0.5)
+    assert _pskd(epochs=4, alpha_final=0.5).alpha(3) == pytest.approx(0.5)
 
 
 def test_pskd_targets_are_onehot_at_epoch_0_then_mix_last_epochs_prediction() -> None:
@@ -246,7 +249,7 @@ def test_comparators_have_no_self_teacher(name: str) -> None:
 def test_byot_has_one_shallow_head_per_stage_but_the_last(arch: str) -> None:
     from pipeline.models.shallow_heads import ShallowHeads
 
-    m = create_method("byot", DistillConfig(), num_classes=K, epochs=10)
+    m = create_method("byot", num_classes=K, epochs=10)
     net = create_model(arch, num_classes=K, stem="cifar", width=0.125, feature_taps=True)
     model = SelfDistillModel(net, m.build_aux(net))
     assert isinstance(model.aux, ShallowHeads) and m.needs_features
@@ -258,7 +261,7 @@ def test_byot_has_one_shallow_head_per_stage_but_the_last(arch: str) -> None:
 
 
 def test_byot_total_is_the_published_weighted_sum() -> None:
-    method, model = _model("byot", byot={"alpha": 0.3, "beta": 1e-3, "temperature": 3.0})
+    method, model = _model("byot", alpha=0.3, beta=1e-3, temperature=3.0)
     x, y = _batch()
     out = model(x)
     res = method.loss(out, y, epoch=0)
@@ -283,7 +286,7 @@ def test_byot_total_is_the_published_weighted_sum() -> None:
 def test_byot_heads_learn_from_the_classifier_never_the_reverse() -> None:
     """The deployed classifier's last stage and head get exactly the gradient of its own
     cross-entropy; the stages the heads read get more (the heads train them)."""
-    method, model = _model("byot", byot={"alpha": 0.3, "beta": 1e-2})
+    method, model = _model("byot", alpha=0.3, beta=1e-2)
     x, y = _batch()
     out = model(x)
     total = method.loss(out, y, epoch=0).total
@@ -340,9 +343,16 @@ def test_byot_trains_slims_and_ships_the_classifier_alone(tiny_overrides) -> Non
 
     cfg = load_config(
         None,
-        [*tiny_overrides, "train.method=byot", "data.max_per_class=40", "slim.ratio=0.25",
-         "slim.epochs=1", "slim.round_to=2", "validate.sweep.enabled=false"],
-    )  # fmt: skip
+        [
+            *tiny_overrides,
+            "train.method=byot",
+            "data.max_per_class=40",
+            "slim.ratio=0.25",
+            "slim.epochs=1",
+            "slim.round_to=2",
+            "validate.sweep.enabled=false",
+        ],
+    )
     m = run_pipeline(cfg, only="train")["train"]
     assert m.metrics["method"] == "byot" and m.metrics["params_aux"] > 0
     rows = [json.loads(x) for x in (m.folder / "metrics.jsonl").read_text().splitlines()]

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from pipeline.config import DistillConfig
-from pipeline.distill import create_method
+from pipeline.distill import SelfKDOptions, create_method
 from pipeline.distill.attention import adaptive_mask, attention_map, dynamic_ratio, normalize
 from pipeline.distill.losses import (
     attention_maps,
@@ -25,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def _model(method: str = "ama", name: str = "resnet18", epochs: int = 200, **cfg):
     torch.manual_seed(0)
-    m = create_method(method, DistillConfig(**cfg), num_classes=6, epochs=epochs)
+    m = create_method(method, cfg, num_classes=6, epochs=epochs)
     net = create_model(name, num_classes=6, stem="cifar", width=0.125)
     return m, SelfDistillModel(net, m.build_aux(net))
 
@@ -219,7 +218,7 @@ def test_default_warm_up_is_5_of_200_scaled() -> None:
     method, _ = _model("ama", epochs=200)
     assert method.mix_warmup_epochs == round(5 / 200 * 200)
     assert (
-        create_method("ama", DistillConfig(), num_classes=3, epochs=100).mix_warmup_epochs == 3
+        create_method("ama", SelfKDOptions(), num_classes=3, epochs=100).mix_warmup_epochs == 3
     )  # 2.5 rounds up
 
 
@@ -230,7 +229,7 @@ def test_kd_warm_up_ramps_the_kl_weight_linearly_then_holds_alpha(name: str) -> 
     x, y = _batch()
     plain, model = _model(name, alpha=2.0)
     ramped = create_method(
-        name, DistillConfig(alpha=2.0, kd_warmup_epochs=3), num_classes=6, epochs=200
+        name, SelfKDOptions(alpha=2.0, kd_warmup_epochs=3), num_classes=6, epochs=200
     )
     assert [ramped.kd_weight(e) for e in range(6)] == pytest.approx([0, 2 / 3, 4 / 3, 2, 2, 2])
     assert [plain.kd_weight(e) for e in (0, 1, 199)] == [2.0, 2.0, 2.0]
@@ -248,7 +247,7 @@ def test_frskd_never_mixes_and_ama_respects_beta_mix_zero() -> None:
     x, y = _batch(2)
     out = model(x)
     assert frskd.loss(out, y, epoch=10_000).parts["mix"].item() == 0.0
-    ama_off = create_method("ama", DistillConfig(beta_mix=0.0), num_classes=6, epochs=200)
+    ama_off = create_method("ama", SelfKDOptions(beta_mix=0.0), num_classes=6, epochs=200)
     assert ama_off.loss(out, y, epoch=10_000).parts["mix"].item() == 0.0
 
 
@@ -257,7 +256,7 @@ def test_methods_build_the_self_teacher() -> None:
         method, model = _model(name)
         assert isinstance(model.aux, SelfTeacher)
         assert method.name == name
-    assert math.isclose(DistillConfig().temperature, 4.0)
+    assert math.isclose(SelfKDOptions().temperature, 4.0)
 
 
 @pytest.mark.parametrize("name", ["frskd", "ama"])
@@ -266,7 +265,7 @@ def test_label_smoothing_applies_to_both_heads_cross_entropy_only(name: str) -> 
     same as without it, and 0 is the hard-label loss of METHOD.md."""
     x, y = _batch()
     plain, model = _model(name)
-    smoothed = create_method(name, DistillConfig(label_smoothing=0.2), num_classes=6, epochs=200)
+    smoothed = create_method(name, SelfKDOptions(label_smoothing=0.2), num_classes=6, epochs=200)
     out = model(x)
     a, b = plain.loss(out, y, epoch=10).parts, smoothed.loss(out, y, epoch=10).parts
     logits, aux = out.logits.float(), out.aux_logits.float()

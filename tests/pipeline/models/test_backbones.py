@@ -63,4 +63,4 @@ def test_width_shrinks_the_model() -> None:
 
 def test_ce_has_no_self_teacher() -> None:
     net = create_model("resnet18", num_classes=5, width=0.125)
-    assert create_method("ce", DistillConfig(), num_classes=5, epochs=1).build_aux(net) is None
+    assert create_method("ce", num_classes=5, epochs=1).build_aux(net) is None

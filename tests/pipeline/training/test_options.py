@@ -96,7 +96,7 @@ def _no_head_check(monkeypatch) -> None:
 
 
 def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monkeypatch):
-    from pipeline.distill.methods import CrossEntropy
+    from pipeline.distill.methods.ce import CrossEntropy
 
     real, calls = CrossEntropy.loss, {"n": 0}
 
@@ -121,7 +121,7 @@ def test_nan_stop_names_epoch_and_step_and_keeps_checkpoint(tiny_overrides, monk
 
 
 def test_nan_skip_counts_and_gives_up_past_the_limit(tiny_overrides, monkeypatch):
-    from pipeline.distill.methods import CrossEntropy
+    from pipeline.distill.methods.ce import CrossEntropy
 
     real = CrossEntropy.loss
     bad = {3, 6}

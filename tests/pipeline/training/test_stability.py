@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import DistillConfig, TrainConfig, load_config
+from pipeline.config import TrainConfig, load_config
 from pipeline.runner import run_pipeline
 from pipeline.training.model import build_training_model
 from pipeline.training.stability import (
@@ -25,9 +25,14 @@ from pipeline.training.stability import (
 
 def _model(method: str, classes: int = 3, width: float = 0.125, **distill):
     torch.manual_seed(0)
-    spec = {"arch": "resnet18", "stem": "cifar", "width": width, "num_classes": classes,
-            "method": method}  # fmt: skip
-    return build_training_model(spec, DistillConfig(**distill), epochs=10)
+    spec = {
+        "arch": "resnet18",
+        "stem": "cifar",
+        "width": width,
+        "num_classes": classes,
+        "method": method,
+    }
+    return build_training_model(spec, distill, epochs=10)
 
 
 def _batch(n: int = 12, classes: int = 3):
@@ -157,8 +162,7 @@ def test_check_head_uses_the_runs_batch_size_and_momentum():
     model, m = _model("ce")
     t = TrainConfig(batch_size=8, momentum=0.5, nesterov=True)
     dataset = torch.utils.data.TensorDataset(torch.randn(20, 3, 16, 16), torch.arange(20) % 3)
-    est = check_head(model, m, dataset, t, lr=0.05, device=torch.device("cpu"),
-                     channels_last=True)  # fmt: skip
+    est = check_head(model, m, dataset, t, lr=0.05, device=torch.device("cpu"), channels_last=True)
     assert est.images == 8 and est.lr == 0.05
     assert est.limit == pytest.approx(stability_limit(0.5, True)) and est.sharpness > 0
 
@@ -174,8 +178,9 @@ def test_a_run_past_the_limit_says_so_in_its_metrics_and_a_healthy_one_does_not(
     assert not any("stability limit" in w for w in m["warnings"])
 
     caplog.set_level("WARNING", logger="pipeline.train")
-    cfg = load_config(None, [*base, "train.lr=50", "name=steep", "train.on_nan=skip",
-                             "train.max_nan_skips=1000"])  # fmt: skip
+    cfg = load_config(
+        None, [*base, "train.lr=50", "name=steep", "train.on_nan=skip", "train.max_nan_skips=1000"]
+    )
     m = run_pipeline(cfg, only="train")["train"].metrics
     rec = m["head_stability"]
     assert rec["ratio"] > 1 and rec["lr"] == pytest.approx(50 * 16 / 128)

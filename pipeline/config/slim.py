@@ -1,0 +1,99 @@
+"""`slim` (channel pruning and its recovery fine-tuning) and `prune` (dropping the self-teacher)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SerializeAsAny, field_validator, model_validator
+
+from pipeline.config.base import Strict, registered
+from pipeline.distill import METHODS
+
+
+class SlimConfig(Strict):
+    """Structured channel pruning of the classifier (the `slim` stage), then recovery by
+    fine-tuning with the self-teacher still attached. `ratio: 0` (and no budget) is off."""
+
+    ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of channels removed; 0 with no budget = off"
+    )
+    macs: float | None = Field(
+        None, gt=0, description="budget: the classifier's MACs per image (pruned until met)"
+    )
+    latency_ms: float | None = Field(
+        None, gt=0, description="budget: ONNX Runtime batch-1 latency on this machine, in ms"
+    )
+    importance: Literal["l1", "l2", "bn_scale", "taylor"] = Field(
+        "l2", description="channel ranking: weight magnitude, batch-norm scale, first-order Taylor"
+    )
+    allocation: Literal["layer", "global"] = Field(
+        "layer", description="the same ratio in every layer, or one ranking over all layers"
+    )
+    round_to: int | None = Field(
+        8, ge=1, description="every remaining width a multiple of this (vector units, tensor cores)"
+    )
+    max_ratio: float = Field(
+        0.9, gt=0.0, lt=1.0, description="with a budget: the most channels pruning may remove"
+    )
+    max_layer_ratio: float = Field(0.9, gt=0.0, lt=1.0, description="the most of any one layer")
+    step: float = Field(0.05, gt=0.0, lt=1.0, description="with a budget: ratio added per step")
+    exclude: list[str] = Field([], description="classifier layers whose outputs are kept whole")
+    taylor_batches: int = Field(8, ge=1, description="train batches for Taylor importance")
+    # recovery
+    method: str = Field(
+        "auto", description="recovery: 'auto' = the run's train.method (self-distillation); 'ce'"
+    )
+    epochs: int = Field(10, ge=0, description="recovery fine-tuning epochs (0 = none)")
+    lr: float = Field(0.01, gt=0.0, description="recovery learning rate at lr_reference_batch")
+    schedule: Literal["step", "cosine"] = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    distill: dict[str, Any] | SerializeAsAny[BaseModel] | None = Field(
+        None,
+        description="recovery: the options of the recovery method (as train.distill takes "
+        "them for train.method); None = train.distill where the recovery method is "
+        "train.method, else that method's defaults",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return registered(v, ["auto", *METHODS], "recovery method")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _a_section(cls, v: Any) -> Any:
+        """Checked against the recovery method's options by `PipelineConfig`, which knows
+        train.method (what `auto` recovers with)."""
+        if v is not None and not isinstance(v, dict | BaseModel):
+            raise ValueError("a section of the recovery method's options, e.g. {alpha: 1.0}")
+        return v
+
+    @field_validator("exclude")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        return [n.removeprefix("backbone.") for n in v]
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SlimConfig:
+        targets = [k for k in ("macs", "latency_ms") if getattr(self, k) is not None]
+        if self.ratio > 0:
+            targets.insert(0, "ratio")
+        if len(targets) > 1:
+            raise ValueError(
+                f"set one pruning target, not {' and '.join(targets)}: a channel ratio, a MACs "
+                "budget or a latency budget"
+            )
+        if self.epochs and self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.ratio > 0 or self.macs is not None or self.latency_ms is not None
+
+
+class PruneConfig(Strict):
+    parity_samples: int = Field(512, ge=1, description="test images for the logit-equality proof")
+    atol: float = Field(0.0, ge=0.0, description="0 demands bit-for-bit equal logits")

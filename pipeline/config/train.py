@@ -1,0 +1,132 @@
+"""`train`: the method, its options (`train.distill`), the schedule and the training run."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # Accelerate's tracker registry
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.config.base import Strict, registered
+from pipeline.config.method_options import method_options
+from pipeline.distill import METHODS, MethodOptions
+
+
+class TrainConfig(Strict):
+    method: str = Field("ce", description="training method (registry: pipeline.distill)")
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(128, ge=1, description="global batch")
+    lr: float = Field(0.1, gt=0.0, description="learning rate at lr_reference_batch")
+    lr_reference_batch: int = Field(128, ge=1)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["step", "cosine"] = "step"
+    milestones: tuple[float, ...] = Field((0.5, 0.75), description="fractions of the schedule")
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    warmup_epochs: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    processes: int = Field(
+        1,
+        ge=1,
+        description="training processes started by `python -m pipeline run` (DDP; gloo on CPU)",
+    )
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = off")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="NHWC memory format for model and inputs; auto = on a CPU, or on a GPU with "
+        "mixed precision (where it is faster), off otherwise",
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    reuse_host_memory: bool = Field(
+        True,
+        description="CPU training on Linux/glibc: keep freed large blocks for the next step "
+        "instead of returning them to the kernel (no page faults on big activations); "
+        "released when training ends",
+    )
+    deterministic: bool = Field(False, description="deterministic kernels and seeded data workers")
+    val_every_epochs: int | None = Field(
+        1,
+        ge=1,
+        description="validate every N epochs, and always after the last; None = after the last "
+        "only (for a large validation split that only the final figure needs)",
+    )
+    checkpoint_every_epochs: int | None = Field(1, ge=1, description="None = no epoch checkpoints")
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="optimizer steps; None = off"
+    )
+    keep_checkpoints: int = Field(2, ge=1)
+    on_nan: Literal["stop", "skip"] = "stop"
+    max_nan_skips: int = Field(
+        10, ge=0, description="with on_nan=skip: stop after more skipped steps"
+    )
+    tracker: str = Field(
+        "none",
+        description="experiment tracker through Accelerate (tensorboard, wandb, mlflow, ...); "
+        "logs go under the train stage's folder where the tracker keeps files locally",
+    )
+    distill: SerializeAsAny[BaseModel] = Field(
+        None,
+        description="the options of train.method, each method's own (its `Options` in "
+        "pipeline/distill/methods/); unset keys take the method's defaults",
+    )
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, v: Any) -> Any:
+        """YAML reads a bare `no` (`--set train.mixed_precision=no`) as false."""
+        return "no" if v is False else v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        return registered(v, METHODS, "method")
+
+    @field_validator("distill", mode="before")
+    @classmethod
+    def _options_of_the_method(cls, v: Any, info: ValidationInfo) -> Any:
+        if "method" not in info.data:  # the unknown method is the error reported
+            return MethodOptions()
+        return method_options(info.data["method"], v, "train.distill")
+
+    @field_validator("tracker")
+    @classmethod
+    def _known_tracker(cls, v: str) -> str:
+        return registered(v, ["none", *LOGGER_TYPE_TO_CLASS], "tracker")
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < m < 1.0 for m in v) or list(v) != sorted(v):
+            raise ValueError("milestones are increasing fractions of the schedule, each in (0, 1)")
+        return v
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _batch_splits(self) -> TrainConfig:
+        parts = self.processes * self.grad_accum_steps
+        if self.batch_size % parts:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) is the global batch and must divide evenly by "
+                f"processes x grad_accum_steps ({self.processes} x {self.grad_accum_steps}); "
+                f"use a multiple of {parts}"
+            )
+        return self
