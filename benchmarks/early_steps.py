@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.config import DistillConfig  # noqa: E402
 from pipeline.data.presets import PRESETS  # noqa: E402
+from pipeline.models.spec import ModelSpec  # noqa: E402
 from pipeline.training.model import build_training_model  # noqa: E402
 from pipeline.training.stability import head_sharpness, stability_limit  # noqa: E402
 
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     images, labels = load_train(a.root)
     distill = DistillConfig(**{k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)})
-    spec = {"arch": "resnet18", "stem": "cifar", "width": a.width,
-            "num_classes": int(labels.max()) + 1, "method": a.method}  # fmt: skip
+    n_classes = int(labels.max()) + 1
+    spec = ModelSpec(
+        arch="resnet18", stem="cifar", width=a.width, num_classes=n_classes, method=a.method,
+        classes=[str(i) for i in range(n_classes)], preset=PRESETS["cifar10"].to_dict(),
+    )  # fmt: skip
     model, method = build_training_model(spec, distill, epochs=SCHEDULE_EPOCHS)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

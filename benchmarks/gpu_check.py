@@ -38,15 +38,19 @@ def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
     import torch
 
     from pipeline.config import DistillConfig
+    from pipeline.data.presets import PRESETS
+    from pipeline.models.spec import ModelSpec
     from pipeline.training.model import build_training_model
 
-    spec = {
-        "arch": "resnet18",
-        "stem": "cifar",
-        "width": width,
-        "num_classes": 100,
-        "method": method,
-    }
+    spec = ModelSpec(
+        arch="resnet18",
+        stem="cifar",
+        width=width,
+        num_classes=100,
+        method=method,
+        classes=[str(i) for i in range(100)],
+        preset=PRESETS["cifar100"].to_dict(),
+    )
     model, m = build_training_model(spec, DistillConfig(mix_warmup_epochs=0))
     model = model.cuda().to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
