@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.data.presets import PRESETS  # noqa: E402
+from pipeline.models.spec import ModelSpec  # noqa: E402
 from pipeline.training.model import build_training_model  # noqa: E402
 from pipeline.training.stability import head_sharpness, stability_limit  # noqa: E402
 
@@ -152,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(a.seed)
     images, labels = load_train(a.root)
     options = {k: json.loads(v) for k, v in (s.split("=", 1) for s in a.set)}
-    spec = {
-        "arch": "resnet18",
-        "stem": "cifar",
-        "width": a.width,
-        "num_classes": int(labels.max()) + 1,
-        "method": a.method,
-    }
+    n_classes = int(labels.max()) + 1
+    spec = ModelSpec(
+        arch="resnet18",
+        stem="cifar",
+        width=a.width,
+        num_classes=n_classes,
+        method=a.method,
+        classes=[str(i) for i in range(n_classes)],
+        preset=PRESETS["cifar10"].to_dict(),
+    )
     model, method = build_training_model(spec, options, epochs=SCHEDULE_EPOCHS)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=a.lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

@@ -40,15 +40,19 @@ def _images_per_s(method: str, width: float, batch: int, steps: int) -> float:
     """bf16, channels_last training steps of one method on random CIFAR-sized batches."""
     import torch
 
+    from pipeline.data.presets import PRESETS
+    from pipeline.models.spec import ModelSpec
     from pipeline.training.model import build_training_model
 
-    spec = {
-        "arch": "resnet18",
-        "stem": "cifar",
-        "width": width,
-        "num_classes": 100,
-        "method": method,
-    }
+    spec = ModelSpec(
+        arch="resnet18",
+        stem="cifar",
+        width=width,
+        num_classes=100,
+        method=method,
+        classes=[str(i) for i in range(100)],
+        preset=PRESETS["cifar100"].to_dict(),
+    )
     options = {"mix_warmup_epochs": 0} if method in ("frskd", "ama") else None
     model, m = build_training_model(spec, options)
     model = model.cuda().to(memory_format=torch.channels_last).train()

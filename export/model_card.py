@@ -4,7 +4,10 @@ pipeline recorded: the model spec, the training stage's metrics and the export p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.models.spec import ModelSpec
 
 
 def _pct(x: float | None) -> str:
@@ -31,7 +34,7 @@ def _int8_note(quantization: dict[str, dict[str, Any]]) -> str:
 
 
 def model_card(
-    spec: dict[str, Any],
+    spec: ModelSpec,
     *,
     run: str,
     version: int,
@@ -41,18 +44,18 @@ def model_card(
     artefacts: dict[str, str],
     quantization: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    p = spec["preset"]
+    p = spec.preset
     sizes = data.get("sizes", {})
     split = " / ".join(f"{n:,} {k}" for k, n in sizes.items())
     files = "\n".join(f"  - `{rel}` ({name})" for name, rel in artefacts.items())
-    classes = spec["classes"]
+    classes = list(spec.classes)
     shown = ", ".join(f"`{c}`" for c in classes[:200]) + (" ..." if len(classes) > 200 else "")
     return f"""# Model card: {run} (version {version})
 
 ## Model details
 
-- Architecture: {spec["arch"]} at width {spec["width"]}, {spec["stem"]} stem, {spec["num_classes"]} classes.
-- Training method: `{spec["method"]}`{" (self-distillation; the self-teacher was removed before export and the classifier shown to give the same logits)" if spec.get("aux_removed") else ""}.
+- Architecture: {spec.arch} at width {spec.width}, {spec.stem} stem, {spec.num_classes} classes.
+- Training method: `{spec.method}`{" (self-distillation; the self-teacher was removed before export and the classifier shown to give the same logits)" if spec.aux_removed else ""}.
 - Files:
 {files}
 
@@ -64,7 +67,7 @@ one of them.
 
 ## Training data
 
-`{data.get("name", "?")}`: {split} images ({spec["num_classes"]} classes); validation carved
+`{data.get("name", "?")}`: {split} images ({spec.num_classes} classes); validation carved
 from train, stratified. Data fingerprint `{data.get("fingerprint", "?")}`.
 
 ## Evaluation data
@@ -91,9 +94,9 @@ selection.
 {_int8_note(quantization or {})}
 ## Preprocessing
 
-RGB, resized so the short side is {p["resize"] or p["input_size"]} px, centre crop
-{p["input_size"]}x{p["input_size"]}, scaled to [0, 1], normalised with mean {p["mean"]} and std
-{p["std"]}, NCHW float32. The same values are in the ONNX file's metadata.
+RGB, resized so the short side is {p.resize or p.input_size} px, centre crop
+{p.input_size}x{p.input_size}, scaled to [0, 1], normalised with mean {list(p.mean)} and std
+{list(p.std)}, NCHW float32. The same values are in the ONNX file's metadata.
 
 ## Class names
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import StageError
+from pipeline.models.spec import ModelSpec
 
 log = logging.getLogger("pipeline.export")
 
@@ -62,27 +63,28 @@ def add_metadata(
     onnx.save(model, str(path))
 
 
-def describe(spec: dict[str, Any]) -> str:
+def describe(spec: ModelSpec) -> str:
     """One sentence for the ONNX doc_string: what the model is and what it expects."""
-    p = spec["preset"]
+    p = spec.preset
     return (
-        f"{spec['arch']} (width {spec['width']}, {spec['stem']} stem) image classifier over "
-        f"{spec['num_classes']} classes, trained with {spec['method']}; input NCHW float32 RGB "
-        f"{p['input_size']}x{p['input_size']}, (x/255 - mean)/std with mean {p['mean']} and std "
-        f"{p['std']}; output logits. Class names and preprocessing are in metadata_props."
+        f"{spec.arch} (width {spec.width}, {spec.stem} stem) image classifier over "
+        f"{spec.num_classes} classes, trained with {spec.method}; input NCHW float32 RGB "
+        f"{p.input_size}x{p.input_size}, (x/255 - mean)/std with mean {list(p.mean)} and std "
+        f"{list(p.std)}; output logits. Class names and preprocessing are in metadata_props."
     )
 
 
-def onnx_metadata(spec: dict[str, Any], source_key: str) -> dict[str, Any]:
-    p = spec["preset"]
+def onnx_metadata(spec: ModelSpec, source_key: str) -> dict[str, Any]:
+    """What a server reads from the ONNX file (keys and JSON values fixed: see serving/)."""
+    p = spec.preset
     return {
-        "classes": spec["classes"],
-        "input_size": p["input_size"],
-        "resize": p["resize"] or p["input_size"],
-        "mean": p["mean"],
-        "std": p["std"],
+        "classes": list(spec.classes),
+        "input_size": p.input_size,
+        "resize": p.resize or p.input_size,
+        "mean": list(p.mean),
+        "std": list(p.std),
         "layout": "NCHW, RGB, float32, (x/255 - mean)/std",
-        "arch": spec["arch"],
+        "arch": spec.arch,
         "source_key": source_key,
     }
 

@@ -19,15 +19,9 @@ from pipeline.config.root import PipelineConfig
 from pipeline.config.slim import PruneConfig, SlimConfig
 from pipeline.config.train import TrainConfig
 from pipeline.config.validate import GatesConfig, LatencyConfig, SweepConfig, ValidateConfig
-from pipeline.distill import SelfKDOptions
-
-# The options of `frskd` and `ama` (METHOD.md section 5) under the name the one class of every
-# method's options had; each method's options are its own `Options` (pipeline/distill/methods/).
-DistillConfig = SelfKDOptions
 
 __all__ = [
     "DataConfig",
-    "DistillConfig",
     "EngineConfig",
     "ExportConfig",
     "GatesConfig",

@@ -1,33 +1,36 @@
-"""Saving and loading models as safetensors plus a JSON spec: loading never executes code."""
+"""Saving and loading models as safetensors plus a JSON spec: loading never executes code.
+
+`save_model` is the one writer of a model and its spec (`pipeline.models.spec.ModelSpec`);
+`read_spec` (defined with the spec) the one reader.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from pipeline.errors import ArtefactError
 from pipeline.models.channels import apply_shapes
 from pipeline.models.registry import create_model
+from pipeline.models.spec import ModelSpec, read_spec
+
+__all__ = ["apply_widths", "build_backbone", "load_weights", "read_spec", "save_model"]
 
 
-def save_model(model: nn.Module, spec: dict[str, Any], folder: Path, stem_name: str) -> list[Path]:
+def save_model(model: nn.Module, spec: ModelSpec, folder: Path, stem_name: str) -> list[Path]:
+    """`<stem_name>.safetensors` (the spec in its metadata too) and `<stem_name>.json`."""
     weights = folder / f"{stem_name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(weights), metadata={"spec": json.dumps(spec)})
+    save_file(state, str(weights), metadata={"spec": spec.to_json()})
     spec_path = folder / f"{stem_name}.json"
-    spec_path.write_text(json.dumps(spec, indent=2))
+    spec_path.write_text(spec.to_json(indent=2))
     return [weights, spec_path]
 
 
-def read_spec(folder: Path, stem_name: str) -> dict[str, Any]:
-    return json.loads((folder / f"{stem_name}.json").read_text())
-
-
 def build_backbone(
-    spec: dict[str, Any], *, feature_taps: bool = False, shaped: bool = True
+    spec: ModelSpec, *, feature_taps: bool = False, shaped: bool = True
 ) -> nn.Module:
     """The classifier a spec describes; `feature_taps` adds the layers a self-teacher reads.
 
@@ -36,10 +39,10 @@ def build_backbone(
     its auxiliary branch is built at the unpruned widths).
     """
     model = create_model(
-        spec["arch"],
-        num_classes=spec["num_classes"],
-        stem=spec["stem"],
-        width=spec["width"],
+        spec.arch,
+        num_classes=spec.num_classes,
+        stem=spec.stem,
+        width=spec.width,
         feature_taps=feature_taps,
     )
     if shaped:
@@ -47,20 +50,18 @@ def build_backbone(
     return model
 
 
-def apply_widths(model: nn.Module, spec: dict[str, Any], prefix: str = "") -> nn.Module:
+def apply_widths(model: nn.Module, spec: ModelSpec, prefix: str = "") -> nn.Module:
     """The layer widths a pruned model's spec records, applied to `model` (a no-op otherwise)."""
-    if spec.get("shapes"):
-        apply_shapes(model, spec["shapes"])
+    if spec.shapes:
+        apply_shapes(model, spec.shapes)
         target = model.get_submodule(prefix.rstrip(".")) if prefix else model
-        target.stage_channels = list(spec["stage_channels"])
+        target.stage_channels = list(spec.stage_channels or ())
     return model
 
 
 def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:
     """Weights from safetensors into `model` (strict); a corrupt file is an ArtefactError."""
     from safetensors import SafetensorError
-
-    from pipeline.errors import ArtefactError
 
     path = folder / f"{stem_name}.safetensors"
     try:

@@ -102,7 +102,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
             "test images"
             + ("; non-finite logits: check the trained weights" if not at_most(diff, 1e308) else "")
         )
-    (out_dir / "classes.json").write_text(json.dumps(spec["classes"]))
+    (out_dir / "classes.json").write_text(json.dumps(list(spec.classes)))
     metrics = {"onnx": {"parity": parity, "opset": e.opset, "bytes": path.stat().st_size}}
     artefacts = {"onnx": "model.onnx"}
     skipped: dict[str, str] = {}

@@ -20,6 +20,8 @@ from pipeline.gates import at_most, show
 if TYPE_CHECKING:
     import torch
 
+    from pipeline.models.spec import ModelSpec
+
 log = logging.getLogger("pipeline.prune")
 
 
@@ -80,17 +82,19 @@ def check_deployed(backbone: torch.nn.Module, deployed: torch.nn.Module) -> dict
     return {"params_backbone": count_parameters(backbone), "params_feature_taps": params_taps}
 
 
-def attention_figures(wrapper, images: torch.Tensor, spec: dict, distill, out_dir: Path) -> None:
+def attention_figures(
+    wrapper, images: torch.Tensor, spec: ModelSpec, distill, out_dir: Path
+) -> None:
     """What the self-teacher taught, before it is removed: an early and the last stage, drawn
     with the run's own mask settings."""
     from pipeline.report.figures import save_attention_figure
 
     n_stages = len(wrapper.backbone.stage_channels)
-    preset = spec["preset"]
+    preset = spec.preset
     for stage in sorted({1, n_stages - 1}):
         save_attention_figure(
             wrapper, images, None, out_dir / f"attention_stage{stage + 1}.png",
-            preset["mean"], preset["std"], stage=stage, mask=distill.mask, kappa=distill.kappa,
+            preset.mean, preset.std, stage=stage, mask=distill.mask, kappa=distill.kappa,
         )  # fmt: skip
 
 
@@ -105,11 +109,13 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     spec = read_spec(model_dir, "model")
     wrapper, _ = build_training_model(spec)  # the network only: no options needed
     load_weights(wrapper, model_dir, "model")
-    deploy_spec = {k: v for k, v in spec.items() if k != "feature_taps"}
-    deploy_spec["aux_removed"] = wrapper.aux is not None
     classifier = wrapper.deployable()
-    if "shapes" in spec:  # the pruned classifier's own widths, without the self-teacher's
-        deploy_spec["shapes"] = layer_shapes(classifier)
+    deploy_spec = spec.replace(
+        feature_taps=None,
+        aux_removed=wrapper.aux is not None,
+        # a pruned classifier's own widths, without the self-teacher's
+        shapes=layer_shapes(classifier) if spec.shapes is not None else None,
+    )
     save_model(classifier, deploy_spec, out_dir, "classifier")
     deployed = load_weights(build_backbone(deploy_spec), out_dir, "classifier")
 

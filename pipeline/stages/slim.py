@@ -75,8 +75,8 @@ def start_model(cfg, train_dir: Path):
     method = recovery_method(cfg)
     spec = read_spec(train_dir, "model")
     options = cfg.recovery_options()
-    needs = create_method(method, options, num_classes=spec["num_classes"], epochs=1)
-    spec = {**spec, "method": method, "feature_taps": needs.needs_features}
+    needs = create_method(method, options, num_classes=spec.num_classes, epochs=1)
+    spec = spec.replace(method=method, feature_taps=needs.needs_features)
     wrapper, _ = build_training_model(spec, options)
     trained = load_file(str(train_dir / "model.safetensors"))
     own = wrapper.state_dict()
@@ -87,7 +87,7 @@ def start_model(cfg, train_dir: Path):
     if fresh:
         log.warning(
             "recovery method %r: %d tensors start fresh (the run trained %r without them)",
-            method, len(fresh), read_spec(train_dir, "model")["method"],
+            method, len(fresh), read_spec(train_dir, "model").method,
         )  # fmt: skip
     return wrapper.eval(), spec, len(fresh)
 
@@ -146,7 +146,7 @@ def prune(cfg, ctx: StageContext, train_dir: Path, pruned_dir: Path) -> dict[str
     wrapper.backbone.stage_channels = widths
     record["fresh_tensors"] = fresh
     record["stage_channels"] = widths
-    pruned_spec = {**spec, "shapes": layer_shapes(wrapper), "stage_channels": widths}
+    pruned_spec = spec.replace(shapes=layer_shapes(wrapper), stage_channels=widths)
     pruned_dir.mkdir(parents=True, exist_ok=True)
     save_model(wrapper, pruned_spec, pruned_dir, "model")
     write_json_atomic(record_path, record)

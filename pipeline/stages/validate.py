@@ -324,7 +324,7 @@ def run(
         artefacts[name]["bytes"] = Path(path).stat().st_size
         preds[f"pred_{name}"], preds[f"conf_{name}"] = pred, conf
         if name == "torch":
-            worst = mistakes(xs, ys, pred, conf, spec["preset"], cfg.validate_.mistakes)
+            worst = mistakes(xs, ys, pred, conf, spec.preset.model_dump(), cfg.validate_.mistakes)
             np.savez_compressed(out_dir / "mistakes.npz", **worst)
         if cfg.validate_.sweep.enabled:
             # GPU rows: CPU threads do not apply, one pass recorded at the stage's thread count
@@ -336,7 +336,7 @@ def run(
     metrics = {
         "threads": all_threads,
         "test_samples": len(xs),
-        "classes": spec["classes"],
+        "classes": list(spec.classes),
         "timing": timing_method(cfg, gpu=any(c.gpu for c in candidates.values())),
         "artefacts": artefacts,
         "gates": gates,

@@ -24,6 +24,7 @@ from pipeline.data import DataBundle
 from pipeline.errors import StageError
 from pipeline.models import count_parameters
 from pipeline.models.io import load_weights, read_spec, save_model
+from pipeline.models.spec import ModelSpec
 from pipeline.training import accel
 from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
@@ -99,22 +100,22 @@ def _metrics_rows(path: Path, completed_epochs: int) -> list[dict]:
     return [r for r in read_jsonl(path) if r["epoch"] <= completed_epochs]
 
 
-def start_spec(cfg: PipelineConfig, bundle: DataBundle, start: Path | None) -> dict:
+def start_spec(cfg: PipelineConfig, bundle: DataBundle, start: Path | None) -> ModelSpec:
     """What to build: the config's model, or the model saved in `start` (a pruned network
     to fine-tune), whose method must be the one training it now."""
     if start is None:
         return model_spec(cfg, bundle)
     spec = read_spec(start, "model")
-    if spec["method"] != cfg.train.method or spec["num_classes"] != bundle.num_classes:
+    if spec.method != cfg.train.method or spec.num_classes != bundle.num_classes:
         raise StageError(
-            f"the model in {start} is a {spec['method']!r} model with {spec['num_classes']} "
+            f"the model in {start} is a {spec.method!r} model with {spec.num_classes} "
             f"classes; this training is {cfg.train.method!r} with {bundle.num_classes}"
         )
     return spec
 
 
 def _build(
-    cfg: PipelineConfig, bundle: DataBundle, work: Path, spec: dict, start: Path | None
+    cfg: PipelineConfig, bundle: DataBundle, work: Path, spec: ModelSpec, start: Path | None
 ) -> Trainer:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -362,7 +363,7 @@ def _rank_hashes(tr: Trainer) -> list[str]:
     return hashes
 
 
-def _finish(tr: Trainer, spec: dict, work: Path, metrics: dict) -> None:
+def _finish(tr: Trainer, spec: ModelSpec, work: Path, metrics: dict) -> None:
     """Rank 0 writes the model, and its metrics where a launching parent reads them."""
     if not tr.accelerator.is_main_process:
         return

@@ -7,42 +7,41 @@ so a model trained and a model reloaded are the same network.
 
 from __future__ import annotations
 
-from typing import Any
-
 from pipeline.distill import Method, OptionsInput, create_method
 from pipeline.models import SelfDistillModel
 from pipeline.models.io import apply_widths, build_backbone
+from pipeline.models.spec import ModelSpec
 
 
 def resolve_stem(model_cfg, preset) -> str:
     return preset.stem if model_cfg.stem == "auto" else model_cfg.stem
 
 
-def model_spec(cfg, bundle) -> dict[str, Any]:
+def model_spec(cfg, bundle) -> ModelSpec:
     """What the train stage records beside the weights; enough to rebuild the model."""
     method = cfg.train.method
-    return {
-        "arch": cfg.model.name,
-        "stem": resolve_stem(cfg.model, bundle.preset),
-        "width": cfg.model.width,
-        "num_classes": bundle.num_classes,
-        "method": method,
-        "feature_taps": create_method(
+    return ModelSpec(
+        arch=cfg.model.name,
+        stem=resolve_stem(cfg.model, bundle.preset),
+        width=cfg.model.width,
+        num_classes=bundle.num_classes,
+        method=method,
+        feature_taps=create_method(
             method, cfg.train.distill, num_classes=bundle.num_classes, epochs=cfg.train.epochs
         ).needs_features,
-        "classes": bundle.classes,
-        "preset": bundle.preset.to_dict(),
-    }
+        classes=bundle.classes,
+        preset=bundle.preset.to_dict(),
+    )
 
 
 def build_training_model(
-    spec: dict[str, Any], options: OptionsInput = None, epochs: int = 1
+    spec: ModelSpec, options: OptionsInput = None, epochs: int = 1
 ) -> tuple[SelfDistillModel, Method]:
     """The training wrapper for `spec` (classifier + the method's auxiliary branch) and its
     method, with `options` (the method's own; None = its defaults, as when only the network is
     needed)."""
-    method = create_method(spec["method"], options, num_classes=spec["num_classes"], epochs=epochs)
-    feature_taps = spec.get("feature_taps", method.needs_features)
+    method = create_method(spec.method, options, num_classes=spec.num_classes, epochs=epochs)
+    feature_taps = method.needs_features if spec.feature_taps is None else spec.feature_taps
     backbone = build_backbone(spec, feature_taps=feature_taps, shaped=False)
     # the self-teacher is built at the unpruned widths; a pruned spec then resizes both parts
     wrapper = SelfDistillModel(backbone, method.build_aux(backbone))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import DistillConfig
 from pipeline.distill import create_method
+from pipeline.distill.methods.self_kd import SelfKDOptions
 from pipeline.models import ModelOutput, SelfDistillModel, count_parameters, create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -31,7 +31,7 @@ def test_stage_features_and_wrapper(name: str, stem: str, width: float) -> None:
         sides
     )  # each stage halves
     assert all(bool((f >= 0).all()) for f in feats)  # read after the final ReLU
-    method = create_method("ama", DistillConfig(), num_classes=5, epochs=10)
+    method = create_method("ama", SelfKDOptions(), num_classes=5, epochs=10)
     model = SelfDistillModel(net, method.build_aux(net)).eval()
     with torch.no_grad():
         out = model(x)

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import DistillConfig
 from pipeline.distill import create_method
+from pipeline.distill.methods.self_kd import SelfKDOptions
 from pipeline.models import SelfDistillModel, create_model
 from pipeline.report.figures import attention_panels, save_attention_figure
 
@@ -20,7 +20,7 @@ def _model() -> SelfDistillModel:
     torch.manual_seed(0)
     net = create_model("wrn16_2", num_classes=3, stem="cifar", width=0.25)
     return SelfDistillModel(
-        net, create_method("ama", DistillConfig(), num_classes=3, epochs=1).build_aux(net)
+        net, create_method("ama", SelfKDOptions(), num_classes=3, epochs=1).build_aux(net)
     )
 
 

@@ -8,15 +8,15 @@ import copy
 import pytest
 import torch
 
-from pipeline.config import DistillConfig
+from pipeline.distill.methods.self_kd import SelfKDOptions
 from pipeline.errors import StageError
 from pipeline.stages import prune
 from pipeline.training.model import build_training_model
+from tests.specs import model_spec
 
 
 def _wrapper(arch: str = "resnet18", method: str = "ama"):
-    spec = {"arch": arch, "stem": "cifar", "width": 0.125, "num_classes": 3, "method": method}
-    return build_training_model(spec)[0].eval()
+    return build_training_model(model_spec(arch, method))[0].eval()
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "wrn16_2"])
@@ -37,9 +37,7 @@ def test_a_deployed_model_that_is_not_the_backbone_is_refused() -> None:
     fresh = _wrapper().backbone  # same architecture, other weights: the old check let it pass
     with pytest.raises(StageError, match="tensors that differ"):
         prune.check_deployed(wrapper.backbone, fresh)
-    wider = build_training_model(
-        {"arch": "resnet18", "stem": "cifar", "width": 0.25, "num_classes": 3, "method": "ce"}
-    )[0].backbone
+    wider = build_training_model(model_spec("resnet18", "ce", width=0.25))[0].backbone
     with pytest.raises(StageError, match="not the trained backbone"):
         prune.check_deployed(wrapper.backbone, wider)
 
@@ -53,8 +51,11 @@ def test_attention_figures_use_the_runs_mask_settings(tmp_path, monkeypatch, mas
         figures, "save_attention_figure", lambda *a, **kw: seen.append((kw["mask"], kw["kappa"]))
     )
     wrapper = _wrapper()
-    spec = {"preset": {"mean": [0.5] * 3, "std": [0.25] * 3}}
-    distill = DistillConfig(mask=mask, kappa=kappa)
+    spec = model_spec()
+    spec = spec.replace(
+        preset=spec.preset.model_copy(update={"mean": [0.5] * 3, "std": [0.25] * 3})
+    )
+    distill = SelfKDOptions(mask=mask, kappa=kappa)
     prune.attention_figures(wrapper, torch.randn(2, 3, 16, 16), spec, distill, tmp_path)
     assert seen and all(s == (mask, kappa) for s in seen)
 

@@ -3,8 +3,6 @@ targets and their errors, recovery through the training code, and the compressio
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch import nn
@@ -13,16 +11,17 @@ from pipeline.config import SlimConfig, load_config
 from pipeline.errors import ConfigError, StageError
 from pipeline.models import count_macs
 from pipeline.models.channels import layer_shapes
-from pipeline.models.io import save_model
+from pipeline.models.io import read_spec, save_model
 from pipeline.training.channel_pruning import _layer_named, prune_channels
 from pipeline.training.model import build_training_model
+from tests.specs import model_spec
 
 
 def _wrapper(arch: str, method: str = "ama", width: float = 0.5):
-    spec = {"arch": arch, "stem": "cifar", "width": width, "num_classes": 10, "method": method}
+    spec = model_spec(arch, method, width=width, num_classes=10, feature_taps=method != "ce")
     torch.manual_seed(0)
-    wrapper, m = build_training_model({**spec, "feature_taps": method != "ce"})
-    return wrapper.eval(), {**spec, "feature_taps": method != "ce"}
+    wrapper, m = build_training_model(spec)
+    return wrapper.eval(), spec
 
 
 def _stage_widths(wrapper, x):
@@ -51,9 +50,9 @@ def test_pruned_network_runs_is_smaller_and_rebuilds_from_its_spec(arch, tmp_pat
     assert out.aux_logits.shape == (2, 10)
     # the architecture travels as data: rebuild from the spec, load strictly, same logits
     wrapper.backbone.stage_channels = widths
-    pruned = {**spec, "shapes": layer_shapes(wrapper), "stage_channels": widths}
+    pruned = spec.replace(shapes=layer_shapes(wrapper), stage_channels=widths)
     save_model(wrapper, pruned, tmp_path, "model")
-    again, _ = build_training_model(json.loads((tmp_path / "model.json").read_text()))
+    again, _ = build_training_model(read_spec(tmp_path, "model"))
     from safetensors.torch import load_file
 
     again.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)

@@ -8,11 +8,13 @@ import torch
 
 from pipeline.distill import METHODS
 from pipeline.models import list_models
+from pipeline.models.spec import ModelSpec
 from pipeline.training.model import build_training_model
+from tests.specs import model_spec
 
 
-def _spec(arch: str, method: str) -> dict:
-    return {"arch": arch, "stem": "cifar", "width": 0.125, "num_classes": 3, "method": method}
+def _spec(arch: str, method: str) -> ModelSpec:
+    return model_spec(arch, method, width=0.125, num_classes=3)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

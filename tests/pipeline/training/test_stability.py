@@ -21,17 +21,12 @@ from pipeline.training.stability import (
     spread_batch,
     stability_limit,
 )
+from tests.specs import model_spec
 
 
 def _model(method: str, classes: int = 3, width: float = 0.125, **distill):
     torch.manual_seed(0)
-    spec = {
-        "arch": "resnet18",
-        "stem": "cifar",
-        "width": width,
-        "num_classes": classes,
-        "method": method,
-    }
+    spec = model_spec("resnet18", method, width=width, num_classes=classes)
     return build_training_model(spec, distill, epochs=10)
 
 
