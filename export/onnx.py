@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import StageError
+from pipeline.preprocessing import Preprocessing
 
 log = logging.getLogger("pipeline.export")
 
@@ -77,10 +78,9 @@ def onnx_metadata(spec: dict[str, Any], source_key: str) -> dict[str, Any]:
     p = spec["preset"]
     return {
         "classes": spec["classes"],
-        "input_size": p["input_size"],
-        "resize": p["resize"] or p["input_size"],
-        "mean": p["mean"],
-        "std": p["std"],
+        **Preprocessing(
+            p["input_size"], p["resize"] or p["input_size"], p["mean"], p["std"]
+        ).to_metadata(),
         "layout": "NCHW, RGB, float32, (x/255 - mean)/std",
         "arch": spec["arch"],
         "source_key": source_key,
