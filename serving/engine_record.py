@@ -130,7 +130,7 @@ class EngineRecord:
                 "engine (it writes its record beside it)"
             )
         problems: list[str] = []
-        missing = [k for k in REQUIRED if k not in data]
+        missing = [k for k in REQUIRED if data.get(k) is None]
         if missing:
             problems.append(f"lacks {', '.join(missing)}")
         values: dict[str, Any] = {}
@@ -165,7 +165,7 @@ class EngineRecord:
 
 
 def _text(v: Any) -> str:
-    if not isinstance(v, str):
+    if not isinstance(v, str) or not v:
         raise TypeError(v)
     return v
 

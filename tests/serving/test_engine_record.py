@@ -45,6 +45,7 @@ def test_an_older_record_reads_with_its_later_fields_left_out(tmp_path):
     [
         ({"tensorrt": None}, "lacks tensorrt"),
         ({"gpu": None, "compute_capability": None}, "lacks gpu, compute_capability"),
+        ({"tensorrt": ""}, "invalid tensorrt"),
         ({"profile": {"min": 1, "max": 4}}, "invalid profile"),
         ({"profile": {"min": 8, "opt": 4, "max": 2}}, "invalid profile"),
         ({"inputs": [{"name": "input", "shape": [1]}]}, "invalid inputs"),
