@@ -20,9 +20,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.timing import percentiles  # noqa: E402
 from serving.artefacts import resolve_onnx  # noqa: E402
 from serving.classify import Classifier  # noqa: E402
 from serving.http import create_app  # noqa: E402
@@ -36,8 +38,6 @@ def _free_port() -> int:
 
 
 def _pngs(n: int, size: int) -> list[bytes]:
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n):
@@ -50,8 +50,7 @@ def _pngs(n: int, size: int) -> list[bytes]:
 def _summary(times: list[float], images: int) -> dict[str, float]:
     ms = np.asarray(times) * 1e3
     return {
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        **percentiles(ms, (50, 99), suffix="_ms"),
         "images_per_s": images * len(times) / float(np.sum(times)),
     }
 

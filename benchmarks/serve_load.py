@@ -25,17 +25,23 @@ import asyncio
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.timing import percentiles  # noqa: E402
 from serving.artefacts import resolve_onnx  # noqa: E402
+from serving.classify import Classifier  # noqa: E402
 from serving.predictor import OrtPredictor  # noqa: E402
 
 
@@ -47,8 +53,6 @@ def rss_mb(pid: int) -> float:
 
 
 def png_for(model: Path) -> bytes:
-    from PIL import Image
-
     size = int(OrtPredictor(model).metadata.get("input_size", 32))
     pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
     buf = io.BytesIO()
@@ -58,8 +62,6 @@ def png_for(model: Path) -> bytes:
 
 def in_process(model: Path, png: bytes, seconds: float, threads: int | None) -> dict:
     """Batch-1 calls of the same model in this process: decode + preprocess + run, serially."""
-    from serving.classify import Classifier
-
     clf = Classifier(OrtPredictor(model, threads=threads))
     for _ in range(20):
         clf.predict([("x", png)], 1)
@@ -78,9 +80,7 @@ def summary(lat: list[float], elapsed: float, status: dict) -> dict:
         "ok": int(status.get(200, 0)),
         "status": {str(k): v for k, v in sorted(status.items())},
         "images_per_s": status.get(200, 0) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)),
+        **percentiles(ms, suffix="_ms"),
     }
 
 
@@ -118,8 +118,6 @@ async def open_loop(url: str, png: bytes, rate: float, seconds: float, max_in_fl
     client library could not offer a multiple of the server's capacity from the same two
     cores). Bounded in time and in requests in flight; a request that finds every connection
     busy is counted as not sent."""
-    from urllib.parse import urlsplit
-
     u = urlsplit(url)
     head = (
         f"POST {u.path}?{u.query} HTTP/1.1\r\nHost: {u.hostname}\r\n"
@@ -204,9 +202,6 @@ def wrk_loop(url: str, png: bytes, concurrency: int, requests: int, seconds: flo
     """The closed loop with wrk as the client, bounded by time (`seconds`) and connections;
     its latencies are of all answered requests. `requests` does not apply: wrk runs for the
     duration."""
-    import shutil
-    import tempfile
-
     if shutil.which("wrk") is None:
         raise SystemExit("--client wrk needs wrk on PATH (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,10 +214,22 @@ def wrk_loop(url: str, png: bytes, concurrency: int, requests: int, seconds: flo
             "LOAD_LIMIT": str(max(1, requests // concurrency)),
         }
         out = subprocess.run(
-            ["wrk", f"-t{min(concurrency, 2)}", f"-c{concurrency}", f"-d{seconds:g}s",
-             "--timeout", "30s", "-s", str(script), url],
-            capture_output=True, text=True, env=env, timeout=seconds + 60,
-        ).stdout  # fmt: skip
+            [
+                "wrk",
+                f"-t{min(concurrency, 2)}",
+                f"-c{concurrency}",
+                f"-d{seconds:g}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=seconds + 60,
+        ).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("RESULT "))
     r = json.loads(line[len("RESULT ") :])
     status = {int(k): v for k, v in r["status"].items()}
@@ -241,10 +248,24 @@ def wrk_loop(url: str, png: bytes, concurrency: int, requests: int, seconds: flo
 
 def start_server(model: str, port: int, args) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-m", "pipeline", "serve", model, "--artefact", args.artefact,
-        "--host", "127.0.0.1", "--port", str(port), "--max-batch-size", str(args.max_batch_size),
-        "--max-queue-delay-us", str(args.max_queue_delay_us), "--max-queue", str(args.max_queue),
-    ] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+        sys.executable,
+        "-m",
+        "pipeline",
+        "serve",
+        model,
+        "--artefact",
+        args.artefact,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--max-queue-delay-us",
+        str(args.max_queue_delay_us),
+        "--max-queue",
+        str(args.max_queue),
+    ] + (["--threads", str(args.threads)] if args.threads else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import httpx
 
@@ -272,9 +293,11 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-queue-delay-us", type=int, default=0)
     p.add_argument(
-        "--client", choices=["python", "wrk"], default="python",
+        "--client",
+        choices=["python", "wrk"],
+        default="python",
         help="load generator: httpx in this process, or wrk (C, far lighter on a small machine)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--port", type=int, default=8765)
@@ -301,8 +324,11 @@ def main() -> None:
             rows.append(
                 {"concurrency": c, **r, "vs_in_process": r["images_per_s"] / base["images_per_s"]}
             )
-            print(f"concurrency {c:3d}: {r['images_per_s']:8.1f} img/s ({rows[-1]['vs_in_process']:.2f}x in-process), "
-                  f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms, status {r['status']}", flush=True)  # fmt: skip
+            print(
+                f"concurrency {c:3d}: {r['images_per_s']:8.1f} img/s ({rows[-1]['vs_in_process']:.2f}x in-process), "
+                f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} ms, status {r['status']}",
+                flush=True,
+            )
         res["levels"] = rows
         res["rss_mb_after_levels"] = rss_mb(server.pid)
         if args.flood:
@@ -312,8 +338,10 @@ def main() -> None:
             )
             f["offered_x_capacity"] = f["offered_per_s"] / best
             res["flood"] = f | {"factor": args.flood, "rss_mb_after": rss_mb(server.pid)}
-            print(f"flood ({f['offered_per_s']:.0f}/s offered, {f['offered_x_capacity']:.1f}x capacity): status {f['status']}, "
-                  f"rss {res['rss_mb_after_levels']:.0f} -> {res['flood']['rss_mb_after']:.0f} MB")  # fmt: skip
+            print(
+                f"flood ({f['offered_per_s']:.0f}/s offered, {f['offered_x_capacity']:.1f}x capacity): status {f['status']}, "
+                f"rss {res['rss_mb_after_levels']:.0f} -> {res['flood']['rss_mb_after']:.0f} MB"
+            )
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -336,7 +364,7 @@ def write(res: dict, out: Path) -> None:
         "",
         "| concurrency | img/s | vs in-process | p50 ms | p90 ms | p99 ms | status counts |",
         "|---|---|---|---|---|---|---|",
-    ]  # fmt: skip
+    ]
     for r in res.get("levels", []):
         lines.append(
             f"| {r['concurrency']} | {r['images_per_s']:.0f} | {r['vs_in_process']:.2f}x | "
@@ -344,9 +372,12 @@ def write(res: dict, out: Path) -> None:
         )
     if "flood" in res:
         f = res["flood"]
-        lines += ["", f"Flood: {f['offered_per_s']:.0f} requests/s offered "
-                  f"({f['offered_x_capacity']:.1f}x the best throughput above): "
-                  f"status {f['status']}, server RSS {f['rss_mb_after']:.0f} MB after."]  # fmt: skip
+        lines += [
+            "",
+            f"Flood: {f['offered_per_s']:.0f} requests/s offered "
+            f"({f['offered_x_capacity']:.1f}x the best throughput above): "
+            f"status {f['status']}, server RSS {f['rss_mb_after']:.0f} MB after.",
+        ]
     (out / "load.md").write_text("\n".join(lines) + "\n")
     print(out / "load.md")
 

@@ -76,13 +76,9 @@ def describe(spec: ModelSpec) -> str:
 
 def onnx_metadata(spec: ModelSpec, source_key: str) -> dict[str, Any]:
     """What a server reads from the ONNX file (keys and JSON values fixed: see serving/)."""
-    p = spec.preset
     return {
         "classes": list(spec.classes),
-        "input_size": p.input_size,
-        "resize": p.resize or p.input_size,
-        "mean": list(p.mean),
-        "std": list(p.std),
+        **spec.preset.preprocessing.to_metadata(),
         "layout": "NCHW, RGB, float32, (x/255 - mean)/std",
         "arch": spec.arch,
         "source_key": source_key,

@@ -9,18 +9,12 @@ from the FP16 variant, `int8` from explicit symmetric INT8 Q/DQ (`export.int8` w
 `activations: symmetric` and `bias: float`; onnxruntime's default uint8 activations with zero
 points are refused, and checked for first). One optimisation profile over the batch axis (min,
 opt, max), a timing cache reused across builds, and a JSON record beside each engine
-(`model.fp16.engine` -> `model.fp16.json`):
+(`model.fp16.engine` -> `model.fp16.json`; its fields, writer and reader are
+`serving.engine_record`), so that serving the engine (`serving.predictor.TrtPredictor`) and
+packaging it for Triton (`export.triton`, platform `tensorrt_plan`) need nothing but the two
+files.
 
-    tensorrt, gpu, compute_capability   what the engine is bound to (it runs only there)
-    precision, profile {min, opt, max}  how it was built; onnx (the graph's file name), build_s
-    inputs, outputs                     [{name, dtype, shape}], -1 for the dynamic batch axis
-    metadata                            the ONNX model's metadata: classes, preprocessing
-    engine_sha256                       the engine file's hash, checked before it is served
-
-so that serving the engine (`serving.predictor.TrtPredictor`) and packaging it for Triton
-(`export.triton`, platform `tensorrt_plan`) need nothing but the two files.
-
-Everything imports lazily: on a machine without tensorrt or a GPU, `require_tensorrt` raises a
+TensorRT and torch import lazily: on a machine without tensorrt or a GPU, `require_tensorrt` raises a
 `GpuUnavailable` (exit 7) whose message says what is missing and how to install it.
 """
 
@@ -30,14 +24,19 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
+from pipeline.artifacts import MANIFEST, Manifest, write_atomic
 from pipeline.errors import ConfigError, StageError
-from serving.predictor import require_tensorrt
+from serving.bench import benchmark_engine
+from serving.dtypes import tensorrt_name
+from serving.engine_record import EngineRecord, Profile, TensorRecord, read_onnx_metadata
+from serving.predictor import OrtPredictor, require_tensorrt
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,6 @@ PRECISIONS = ("fp32", "fp16", "int8")
 
 def _check_int8_qdq(onnx_path: Path) -> None:
     """The builder's Q/DQ check: explicit quantization with int8 zero points of 0 only."""
-    import onnx
-    from onnx import numpy_helper
-
     model = onnx.load(str(onnx_path), load_external_data=False)
     qnodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     if not qnodes:
@@ -68,27 +64,9 @@ def _check_int8_qdq(onnx_path: Path) -> None:
                 )
 
 
-@dataclass(frozen=True)
-class Profile:
-    """The optimisation profile over the batch axis: min, opt (tuned for) and max batch."""
-
-    min: int = 1
-    opt: int = 32
-    max: int = 64
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise ConfigError(
-                f"engine profile batch sizes must satisfy 1 <= min <= opt <= max; got "
-                f"{self.min}, {self.opt}, {self.max}"
-            )
-
-
 def graph_precision(onnx_path: Path) -> str:
     """What a strongly typed build of this ONNX file runs in: int8 (Q/DQ nodes), fp16 (FP16
     initialisers) or fp32."""
-    import onnx
-
     model = onnx.load(str(onnx_path), load_external_data=False)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
         return "int8"
@@ -170,18 +148,21 @@ def build_engine(
         raise StageError(f"TensorRT failed to build an engine for {onnx_path} (see its log)")
     seconds = time.perf_counter() - t0
     if timing_cache is not None:
-        _write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     data = bytes(blob)
-    _write_atomic(engine_path, data)
-    record = engine_record(trt, precision, profile) | {
-        "onnx": onnx_path.name,
-        "build_s": round(seconds, 2),
-        "inputs": tensor_records(trt, [network.get_input(i) for i in range(network.num_inputs)]),
-        "outputs": tensor_records(trt, [network.get_output(i) for i in range(network.num_outputs)]),
-        "metadata": onnx_metadata(onnx_path),
-        "engine_sha256": hashlib.sha256(data).hexdigest(),
-    }
-    _write_atomic(engine_path.with_suffix(".json"), json.dumps(record, indent=2).encode())
+    write_atomic(engine_path, data)
+    record = EngineRecord(
+        **bound_to(trt),
+        precision=precision,
+        profile=profile,
+        onnx=onnx_path.name,
+        build_s=round(seconds, 2),
+        inputs=tensor_records(trt, [network.get_input(i) for i in range(network.num_inputs)]),
+        outputs=tensor_records(trt, [network.get_output(i) for i in range(network.num_outputs)]),
+        metadata=read_onnx_metadata(onnx_path),
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+    )
+    record.write(engine_path)
     log.info(
         "TensorRT %s engine for %s built in %.1f s -> %s",
         precision,
@@ -189,61 +170,33 @@ def build_engine(
         seconds,
         engine_path,
     )
-    return record
+    return record.to_dict()
 
 
-def engine_record(trt, precision: str, profile: Profile) -> dict[str, Any]:
+def bound_to(trt) -> dict[str, str]:
     """What an engine is bound to: TensorRT version and GPU (an engine runs only there)."""
-    import torch
+    import torch  # CUDA: only where an engine is built
 
     major, minor = torch.cuda.get_device_capability(0)
     return {
         "tensorrt": trt.__version__,
         "gpu": torch.cuda.get_device_name(0),
         "compute_capability": f"{major}.{minor}",
-        "precision": precision,
-        "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
     }
 
 
-_DTYPE_NAMES = ("float32", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
-
-
-def dtype_name(trt, dtype) -> str:
-    """A TensorRT DataType as the record writes it: numpy's name (float32, float16, ...)."""
-    for name in _DTYPE_NAMES:
-        if getattr(trt, name, None) == dtype:
-            return name
-    return str(dtype).rsplit(".", 1)[-1].lower()  # e.g. fp8: Triton has no type for it
-
-
-def tensor_records(trt, tensors) -> list[dict[str, Any]]:
-    """Name, dtype and shape (-1 for a dynamic axis) of network inputs or outputs."""
-    return [
-        {"name": t.name, "dtype": dtype_name(trt, t.dtype), "shape": [int(d) for d in t.shape]}
+def tensor_records(trt, tensors) -> tuple[TensorRecord, ...]:
+    """Name, dtype (numpy's name; TensorRT's own for a type numpy lacks, such as fp8, which
+    Triton lacks too) and shape (-1 for a dynamic axis) of network inputs or outputs."""
+    return tuple(
+        TensorRecord(t.name, tensorrt_name(trt, t.dtype), tuple(int(d) for d in t.shape))
         for t in tensors
-    ]
-
-
-def onnx_metadata(onnx_path: Path) -> dict[str, str]:
-    """The ONNX model's metadata (class names, preprocessing), as the strings it holds."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    )
 
 
 def default_engine_path(onnx_path: Path, precision: str) -> Path:
     """`<run>/tensorrt/<model>.<precision>.engine` for a model of a run's export stage (stage
     folders stay as the pipeline made them); beside the ONNX file otherwise."""
-    from pipeline.artifacts import MANIFEST, Manifest
-
     name = onnx_path.with_suffix(f".{precision}.engine").name
     m = Manifest.load(onnx_path.parent) if (onnx_path.parent / MANIFEST).is_file() else None
     if m is not None and m.stage == "export":
@@ -261,17 +214,16 @@ def build_and_benchmark(
 ) -> dict[str, Any]:
     """Build an engine, time it per batch size and check it against ONNX Runtime; the result
     is also written beside the engine as JSON."""
-    from serving.bench import benchmark_engine
-    from serving.predictor import OrtPredictor
-
     require_tensorrt()  # fail before anything is written
     engine = engine_path or default_engine_path(onnx_path, precision)
     engine.parent.mkdir(parents=True, exist_ok=True)
     build_engine(
-        onnx_path, engine, precision=precision,
+        onnx_path,
+        engine,
+        precision=precision,
         profile=Profile(1, min(32, max(batches)), max(batches)),
         timing_cache=engine.parent / "timing.cache",
-    )  # fmt: skip
+    )
     ort = OrtPredictor(onnx_path)
     shape = tuple(ort.session.get_inputs()[0].shape[1:])  # fixed C, H, W (checked by the build)
     n = min(16, max(batches))  # within the engine's batch profile

@@ -31,38 +31,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 
 from pipeline.errors import ArtefactError, ConfigError, StageError
-from serving.predictor import engine_record_path, is_engine, read_engine_record
+from pipeline.preprocessing import Preprocessing
+from serving.dtypes import triton_of_name, triton_of_onnx
+from serving.engine_record import (
+    EngineRecord,
+    engine_metadata,
+    engine_record_path,
+    is_engine,
+    read_engine_record,
+)
 
 log = logging.getLogger(__name__)
-
-# ONNX TensorProto element types -> Triton data types
-_ONNX_TO_TRITON = {
-    1: "TYPE_FP32",
-    2: "TYPE_UINT8",
-    3: "TYPE_INT8",
-    5: "TYPE_INT16",
-    6: "TYPE_INT32",
-    7: "TYPE_INT64",
-    9: "TYPE_BOOL",
-    10: "TYPE_FP16",
-    11: "TYPE_FP64",
-    16: "TYPE_BF16",
-}
-
-
-# dtype names of an engine's JSON record -> Triton data types
-_RECORD_TO_TRITON = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "bfloat16": "TYPE_BF16",
-    "int8": "TYPE_INT8",
-    "uint8": "TYPE_UINT8",
-    "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64",
-    "bool": "TYPE_BOOL",
-}
 
 
 @dataclass(frozen=True)
@@ -86,8 +69,6 @@ def _model_config_pb2():
 
 def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str]]:
     """Graph inputs (initialisers excluded), outputs and metadata of an ONNX file."""
-    import onnx
-
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf's DecodeError and friends: the file is not ONNX
@@ -98,12 +79,13 @@ def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, s
 
     def spec(v) -> TensorSpec:
         t = v.type.tensor_type
-        if t.elem_type not in _ONNX_TO_TRITON:
+        data_type = triton_of_onnx(t.elem_type)
+        if data_type is None:
             raise ConfigError(
                 f"{path}: tensor {v.name!r} has ONNX type {t.elem_type}, which Triton lacks"
             )
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim)
-        return TensorSpec(v.name, _ONNX_TO_TRITON[t.elem_type], dims)
+        return TensorSpec(v.name, data_type, dims)
 
     inputs = [spec(v) for v in model.graph.input if v.name not in inits]
     outputs = [spec(v) for v in model.graph.output]
@@ -113,41 +95,30 @@ def onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, s
 
 def engine_io(
     engine: Path,
-) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str], dict[str, Any]]:
+) -> tuple[list[TensorSpec], list[TensorSpec], dict[str, str], EngineRecord]:
     """Inputs, outputs and model metadata of a TensorRT engine, from its JSON record; and the
     record. The metadata is the record's copy, or the ONNX file's it names beside the engine."""
     record = read_engine_record(engine)
     rec_name = engine_record_path(engine).name
-    rebuild = (
-        "rebuild it with `python -m pipeline tensorrt RUN` or the export stage's tensorrt_* formats"
-    )
     if record is None:
         raise ArtefactError(
             f"{engine} has no record {rec_name} beside it: Triton's config takes the engine's "
-            f"tensor names, shapes and batch profile from it; {rebuild}"
+            "tensor names, shapes and batch profile from it; rebuild it with `python -m "
+            "pipeline tensorrt RUN` or the export stage's tensorrt_* formats"
         )
-    if not record.get("inputs") or not record.get("outputs") or "profile" not in record:
-        raise ArtefactError(
-            f"{rec_name} holds no tensor names and shapes (the engine was built by an older "
-            f"version); {rebuild}"
-        )
+    record.require("inputs", "outputs", "profile", what="tensor names and shapes", engine=engine)
 
-    def spec(t: dict) -> TensorSpec:
-        if t.get("dtype") not in _RECORD_TO_TRITON:
+    def spec(t) -> TensorSpec:
+        data_type = triton_of_name(t.dtype)
+        if data_type is None:
             raise ConfigError(
-                f"{rec_name}: tensor {t.get('name')!r} has type {t.get('dtype')!r}, which Triton "
-                "lacks"
+                f"{rec_name}: tensor {t.name!r} has type {t.dtype!r}, which Triton lacks"
             )
-        return TensorSpec(
-            t["name"], _RECORD_TO_TRITON[t["dtype"]], tuple(int(d) for d in t["shape"])
-        )
+        return TensorSpec(t.name, data_type, t.shape)
 
-    inputs = [spec(t) for t in record["inputs"]]
-    outputs = [spec(t) for t in record["outputs"]]
-    meta = record.get("metadata")
-    if not isinstance(meta, dict):
-        onnx_beside = engine.parent / str(record.get("onnx", ""))
-        meta = onnx_io(onnx_beside)[2] if record.get("onnx") and onnx_beside.is_file() else {}
+    inputs = [spec(t) for t in record.inputs]
+    outputs = [spec(t) for t in record.outputs]
+    meta = engine_metadata(engine, record, decode=False)
     return inputs, outputs, {k: str(v) for k, v in meta.items()}, record
 
 
@@ -156,30 +127,30 @@ def with_preprocessing(src: Path, dst: Path) -> Path:
     model's input size in; cast, NCHW, /255, (x - mean) / std as nodes; `logits` and
     `probabilities` (softmax) out. Clients send pixels and need no normalisation code; resizing
     to the input size stays with them (the metadata says the size)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     model = onnx.load(str(src))
     meta = {p.key: p.value for p in model.metadata_props}
-    missing = [k for k in ("input_size", "mean", "std") if k not in meta]
+    missing = Preprocessing.missing(meta)
     if missing:
         raise ConfigError(
             f"{src} has no {', '.join(missing)} in its metadata; preprocessing can be built in "
             "only for models the export stage wrote"
         )
-    size = int(json.loads(meta["input_size"]))
-    mean = np.asarray(json.loads(meta["mean"]), np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(json.loads(meta["std"]), np.float32).reshape(1, 3, 1, 1)
+    pre = Preprocessing.from_metadata(meta, source=str(src))
+    size = pre.input_size
+    mean = np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1)
     g = model.graph
     image = g.input[0]
     batch = image.type.tensor_type.shape.dim[0]
     pixels = helper.make_tensor_value_info("pixels", TensorProto.UINT8, [None, size, size, 3])
     pixels.type.tensor_type.shape.dim[0].CopyFrom(batch)
-    g.initializer.extend([
-        numpy_helper.from_array(np.asarray(255.0, np.float32), "pre_255"),
-        numpy_helper.from_array(mean, "pre_mean"),
-        numpy_helper.from_array(std, "pre_std"),
-    ])  # fmt: skip
+    g.initializer.extend(
+        [
+            numpy_helper.from_array(np.asarray(255.0, np.float32), "pre_255"),
+            numpy_helper.from_array(mean, "pre_mean"),
+            numpy_helper.from_array(std, "pre_std"),
+        ]
+    )
     nodes = [
         helper.make_node("Cast", ["pixels"], ["pre_f"], to=TensorProto.FLOAT),
         helper.make_node("Transpose", ["pre_f"], ["pre_nchw"], perm=[0, 3, 1, 2]),
@@ -276,7 +247,7 @@ def _assemble(
         cfg.dynamic_batching.max_queue_delay_microseconds = max_queue_delay_us
     if warmup:
         _warmup(cfg, pb2, batched)
-    for key in ("input_size", "resize", "mean", "std", "classes"):
+    for key in (*Preprocessing.KEYS, "classes"):
         if key in meta:
             cfg.parameters[key].string_value = meta[key]
     return cfg
@@ -302,10 +273,18 @@ def build_config(
     if tensorrt and kind != "gpu":
         raise ConfigError("the TensorRT accelerator runs on GPU instances: add --kind gpu")
     cfg = _assemble(
-        pb2, name, "onnxruntime_onnx", onnx_io(path), max_batch_size=max_batch_size or 64,
-        instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us, labels=labels,
-        warmup=warmup, source=path,
-    )  # fmt: skip
+        pb2,
+        name,
+        "onnxruntime_onnx",
+        onnx_io(path),
+        max_batch_size=max_batch_size or 64,
+        instances=instances,
+        kind=kind,
+        max_queue_delay_us=max_queue_delay_us,
+        labels=labels,
+        warmup=warmup,
+        source=path,
+    )
     if tensorrt:
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = tensorrt.upper()
@@ -342,13 +321,13 @@ def build_plan_config(
             "TensorRT engine: leave it out"
         )
     inputs, outputs, meta, record = engine_io(engine)
-    profile = record["profile"]
-    if int(profile["min"]) > 1:
+    profile = record.profile
+    if profile.min > 1:
         raise ConfigError(
-            f"{engine.name}'s profile starts at batch {profile['min']}; Triton sends batches from "
+            f"{engine.name}'s profile starts at batch {profile.min}; Triton sends batches from "
             "1 up: rebuild the engine with a min batch of 1 (export.engine.min_batch)"
         )
-    top = int(profile["max"])
+    top = profile.max
     if max_batch_size is not None and max_batch_size > top:
         raise ConfigError(
             f"--max-batch {max_batch_size} is over {engine.name}'s profile max batch {top}: "
@@ -356,13 +335,21 @@ def build_plan_config(
             "with a larger max batch"
         )
     cfg = _assemble(
-        pb2, name, "tensorrt_plan", (inputs, outputs, meta), max_batch_size=max_batch_size or top,
-        instances=instances, kind=kind, max_queue_delay_us=max_queue_delay_us, labels=labels,
-        warmup=warmup, source=engine,
-    )  # fmt: skip
+        pb2,
+        name,
+        "tensorrt_plan",
+        (inputs, outputs, meta),
+        max_batch_size=max_batch_size or top,
+        instances=instances,
+        kind=kind,
+        max_queue_delay_us=max_queue_delay_us,
+        labels=labels,
+        warmup=warmup,
+        source=engine,
+    )
     for key in ("tensorrt", "gpu", "compute_capability", "precision"):
-        if record.get(key):
-            cfg.parameters[f"engine_{key}"].string_value = str(record[key])
+        if getattr(record, key):
+            cfg.parameters[f"engine_{key}"].string_value = str(getattr(record, key))
     return cfg
 
 

@@ -22,6 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import ArtefactError, PipelineError, StorageError
+
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINT_INDEX = "checkpoints/index.json"  # a resumable stage's commit point
@@ -118,9 +120,16 @@ def find_stage(
 
 # errno values that mean "this place cannot take the write", not "this input is bad".
 _STORAGE_ERRNOS = {
-    errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-    errno.EEXIST, errno.EFBIG, errno.EIO,
-}  # fmt: skip
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EFBIG,
+    errno.EIO,
+}
 _ACCESS_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO}  # may come from a read as well
 # torch.save and safetensors report a failed write as RuntimeError / SafetensorError text.
 _WRITE_FAILURES = (
@@ -145,8 +154,6 @@ def storage_errors(
 ) -> Iterator[None]:
     """Turn a failed write (disk full, read-only, a file where a folder should be) under `where`
     into a StorageError naming the path and the fix; anything else passes through unchanged."""
-    from pipeline.errors import PipelineError, StorageError
-
     try:
         yield
     except PipelineError:
@@ -167,8 +174,6 @@ def read_checkpoint_index(work: Path) -> dict[str, Any]:
     """A resumable stage's checkpoint index (`{"checkpoint": {...}, "checkpoints": [...]}`),
     empty when it has none. The runner copies it into the manifest as the record of what the
     stage resumed from."""
-    from pipeline.errors import ArtefactError
-
     p = Path(work) / CHECKPOINT_INDEX
     if not p.is_file():
         return {}
@@ -213,8 +218,6 @@ def verify_files(m: Manifest, only: list[str] | None = None) -> None:
     Raises ArtefactError naming the file, the expected and the found hash, and `--from STAGE`
     to rebuild it: nothing is read from a file that differs from what its stage made.
     """
-    from pipeline.errors import ArtefactError
-
     if m.folder is None:
         raise ValueError("manifest has no folder")
     rels = list(m.files) if only is None else only
@@ -277,10 +280,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write a file whole or not at all: into a hidden temporary file beside it, then renamed
+    over it, so a reader (or a crash) never sees it half-written. Text is written as
+    `Path.write_text` writes it."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_atomic(path, text)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -14,6 +14,14 @@ from typing import Any
 import numpy as np
 
 
+def percentiles(
+    ms: np.ndarray | list[float], qs: tuple[int, ...] = (50, 90, 99), *, suffix: str = ""
+) -> dict[str, float]:
+    """`{"p50": ..., "p90": ..., "p99": ...}` of the samples (`suffix` appended to each key,
+    such as "_ms"), in the order of `qs`."""
+    return {f"p{q}{suffix}": float(np.percentile(ms, q)) for q in qs}
+
+
 def latency(fn: Callable[[], Any], *, warmup: int, iters: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
@@ -23,13 +31,7 @@ def latency(fn: Callable[[], Any], *, warmup: int, iters: int) -> dict[str, floa
         fn()
         samples[i] = time.perf_counter() - t0
     ms = samples * 1000.0
-    return {
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
-        "mean": float(ms.mean()),
-        "iters": iters,
-    }
+    return {**percentiles(ms), "mean": float(ms.mean()), "iters": iters}
 
 
 def throughput(fn: Callable[[], Any], batch: int, *, warmup: int, iters: int) -> dict[str, float]:
@@ -68,9 +70,7 @@ def sweep_point(
     return {
         "batch": batch,
         "runs": len(samples),
-        "p50": float(np.percentile(ms, 50)),
-        "p90": float(np.percentile(ms, 90)),
-        "p99": float(np.percentile(ms, 99)),
+        **percentiles(ms),
         "mean": float(ms.mean()),
         "images_per_s": float(batch * 1000.0 / ms.mean()),
     }

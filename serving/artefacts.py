@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.artifacts import Manifest, find_stage, verify_files
 from pipeline.errors import ConfigError
-from serving.predictor import (
+from serving.engine_record import (
     ENGINE_SUFFIXES,
     engine_record_path,
     is_engine,

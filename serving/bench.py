@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.timing import percentiles
 from serving.predictor import TrtPredictor
 
 
@@ -43,8 +44,7 @@ def benchmark_engine(
             times[i] = time.perf_counter() - t0
         ms = times * 1e3
         out[f"batch_{b}"] = {
-            "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)),
+            **percentiles(ms, (50, 99), suffix="_ms"),
             "images_per_s": float(b / times.mean()),
         }
     if reference is not None and reference_logits is not None:

@@ -2,27 +2,36 @@
 (`OrtPredictor`, CPU or GPU providers) and TensorRT engines (`TrtPredictor`). Both describe
 their tensors the same way (`inputs`, `outputs`), and carry the model's preprocessing and class
 names: the ONNX model's own metadata, or for an engine the copy of it in the engine's JSON
-record. `load_predictor` picks the back end from the file.
+record (`serving.engine_record`). `load_predictor` picks the back end from the file.
 
 Nothing here imports torch at import time: a server needs numpy, Pillow and the back end only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import serving.cpu
 from pipeline.errors import ArtefactError, ConfigError, GpuUnavailable, StageError
+from pipeline.preprocessing import Preprocessing, decode_metadata
+from serving.dtypes import TENSORRT_NAMES, from_ort
+from serving.engine_record import (
+    check_engine_record,
+    engine_metadata,
+    engine_record_path,
+    is_engine,
+    read_engine_record,
+)
+from serving.preprocess import preprocess
 
 log = logging.getLogger("serving.predictor")
-
-ENGINE_SUFFIXES = (".engine", ".plan")  # serialized TensorRT engines
 
 # How to get TensorRT where it is missing (the same advice as the README's).
 TENSORRT_INSTALL = (
@@ -41,21 +50,9 @@ class TensorInfo:
     shape: tuple[int | None, ...]  # None for a dynamic axis (the batch)
 
 
-_ORT_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(uint8)": np.uint8,
-    "tensor(int8)": np.int8,
-    "tensor(int32)": np.int32,
-    "tensor(int64)": np.int64,
-    "tensor(bool)": np.bool_,
-}
-
-
 def _ort_tensor(t) -> TensorInfo:
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in t.shape)
-    return TensorInfo(t.name, np.dtype(_ORT_TYPES.get(t.type, np.float32)), shape)
+    return TensorInfo(t.name, from_ort(t.type), shape)
 
 
 def int8_warning(metadata: dict[str, Any], providers: list[str]) -> str | None:
@@ -66,9 +63,7 @@ def int8_warning(metadata: dict[str, Any], providers: list[str]) -> str | None:
         return None
     if not providers or providers[0] != "CPUExecutionProvider":
         return None
-    from serving.cpu import int8_saturates
-
-    saturates, cpu = int8_saturates()
+    saturates, cpu = serving.cpu.int8_saturates()
     if not saturates:
         return None
     return (
@@ -128,7 +123,7 @@ class OrtPredictor:
             ) from None
         self.input_name = self.session.get_inputs()[0].name
         raw = self.session.get_modelmeta().custom_metadata_map
-        self.metadata: dict[str, Any] = {k: _maybe_json(v) for k, v in raw.items()}
+        self.metadata: dict[str, Any] = decode_metadata(raw)
         self.warnings = [w for w in [int8_warning(self.metadata, self.providers)] if w]
         for warning in self.warnings:
             log.warning("%s: %s", self.path.name, warning)
@@ -161,38 +156,14 @@ class OrtPredictor:
             None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
         )[0]
 
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """The model's preprocessing, from its metadata (ValueError naming what it lacks)."""
+        return Preprocessing.from_metadata(self.metadata, source=str(self.path))
+
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 HWC RGB images -> the normalised NCHW batch the model was trained on."""
-        return preprocess(images, self.metadata)
-
-
-def preprocess(images: list[np.ndarray], metadata: dict[str, Any]) -> np.ndarray:
-    """uint8 HWC RGB images -> the normalised NCHW batch the model was trained on: resize the
-    short side to `resize`, centre-crop `input_size`, scale to [0, 1], (x - mean) / std."""
-    from PIL import Image
-
-    size, resize = int(metadata["input_size"]), int(metadata["resize"])
-    mean = np.asarray(metadata["mean"], np.float32)[:, None, None]
-    std = np.asarray(metadata["std"], np.float32)[:, None, None]
-    out = []
-    for img in images:
-        im = Image.fromarray(img).convert("RGB")
-        w, h = im.size
-        scale = resize / min(w, h)
-        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        arr = np.asarray(im, np.float32).transpose(2, 0, 1) / 255.0
-        out.append((arr - mean) / std)
-    return np.stack(out)
-
-
-def _maybe_json(v: str) -> Any:
-    try:
-        return json.loads(v)
-    except json.JSONDecodeError:
-        return v
+        return preprocess(images, self.preprocessing)
 
 
 def _profile_shapes(path: Path, min_batch: int, opt_batch: int, max_batch: int) -> dict[str, str]:
@@ -295,81 +266,6 @@ def _gpu_identity(torch) -> dict[str, str]:
     return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
 
 
-def engine_record_path(engine: str | Path) -> Path:
-    """The JSON record the builder writes beside an engine: `model.fp16.engine` ->
-    `model.fp16.json`."""
-    return Path(engine).with_suffix(".json")
-
-
-def read_engine_record(engine: str | Path) -> dict[str, Any] | None:
-    """An engine's JSON record (TensorRT version, GPU, profile, tensors, the model's metadata,
-    the engine's sha256), or None where there is none."""
-    path = engine_record_path(engine)
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        record = None
-    if not isinstance(record, dict):
-        raise ArtefactError(
-            f"{path}, the record of {Path(engine).name}, is not a JSON object; it is truncated "
-            "or was overwritten. Rebuild the engine (it writes its record beside it)"
-        )
-    return record
-
-
-def verify_engine_hash(engine: str | Path, record: dict[str, Any] | None) -> None:
-    """Check an engine against the sha256 its record holds (records older than that field,
-    and engines without a record, are left to their export manifest)."""
-    from pipeline.artifacts import sha256_file
-
-    expected = (record or {}).get("engine_sha256")
-    if expected is None:
-        return
-    found = sha256_file(Path(engine))
-    if found != expected:
-        raise ArtefactError(
-            f"{engine} does not match its record {engine_record_path(engine).name}: expected "
-            f"sha256 {expected}, found {found}; the file changed after it was built. Rebuild it "
-            "(`python -m pipeline tensorrt RUN`, or the export stage's tensorrt_* formats)"
-        )
-
-
-def check_engine_record(engine: Path, tensorrt_version: str, gpu: dict[str, str]) -> None:
-    """Refuse an engine built for another TensorRT version or GPU, naming both (its JSON
-    record, written by the builder, says what it was built for). An engine without a record
-    is left to TensorRT's own check."""
-    rec = read_engine_record(engine)
-    if rec is None:
-        return
-    built = (rec.get("tensorrt"), rec.get("gpu"), rec.get("compute_capability"))
-    here = (tensorrt_version, gpu.get("gpu"), gpu.get("compute_capability"))
-    if built != here:
-        raise ArtefactError(
-            f"{engine} was built with TensorRT {built[0]} for {built[1]} (compute capability "
-            f"{built[2]}); this machine has TensorRT {here[0]} and {here[1]} ({here[2]}). "
-            "Engines run only where they were built: rebuild it here"
-        )
-
-
-PREPROCESSING_KEYS = ("input_size", "resize", "mean", "std")
-
-
-def engine_metadata(engine: Path, record: dict[str, Any] | None) -> dict[str, Any]:
-    """The model's metadata (class names, preprocessing) for an engine: the copy in its record,
-    else the metadata of the ONNX file the record names, when it lies beside the engine."""
-    raw: dict[str, str] = {}
-    if record is not None and isinstance(record.get("metadata"), dict):
-        raw = record["metadata"]
-    elif record is not None and record.get("onnx") and (engine.parent / record["onnx"]).is_file():
-        import onnx
-
-        model = onnx.load(str(engine.parent / record["onnx"]), load_external_data=False)
-        raw = {p.key: p.value for p in model.metadata_props}
-    return {k: _maybe_json(v) if isinstance(v, str) else v for k, v in raw.items()}
-
-
 class TrtPredictor:
     """A deserialized TensorRT engine with one execution context: `run` takes and returns
     numpy like `OrtPredictor.run` (split into batches the engine's profile admits, one call at
@@ -390,9 +286,9 @@ class TrtPredictor:
             raise ArtefactError(f"{self.path} does not exist; build it first")
         record = read_engine_record(self.path)
         check_engine_record(self.path, trt.__version__, _gpu_identity(torch))
-        self.record = record or {}
+        self.record = record
         self.metadata: dict[str, Any] = engine_metadata(self.path, record)
-        missing = [k for k in PREPROCESSING_KEYS if k not in self.metadata]
+        missing = Preprocessing.missing(self.metadata)
         if need_metadata and missing:
             raise ArtefactError(
                 f"{self.path} comes without the model's preprocessing ({', '.join(missing)} "
@@ -452,22 +348,18 @@ class TrtPredictor:
     def classes(self) -> list[str]:
         return list(self.metadata.get("classes", []))
 
+    @cached_property
+    def preprocessing(self) -> Preprocessing:
+        """The model's preprocessing, from the engine's record (ValueError where unknown)."""
+        return Preprocessing.from_metadata(self.metadata, source=str(self.path))
+
     def preprocess(self, images: list[np.ndarray]) -> np.ndarray:
         """uint8 HWC RGB images -> the normalised NCHW batch, from the engine's record."""
-        return preprocess(images, self.metadata)
+        return preprocess(images, self.preprocessing)
 
     def _dtype(self, name: str):
-        t, trt = self.torch, self.trt
-        table = {
-            trt.float32: t.float32,
-            trt.float16: t.float16,
-            trt.bfloat16: t.bfloat16,
-            trt.int8: t.int8,
-            trt.uint8: t.uint8,
-            trt.int32: t.int32,
-            trt.int64: t.int64,
-            trt.bool: t.bool,
-        }
+        """torch's dtype for an engine tensor's (the two name their types alike)."""
+        table = {getattr(self.trt, n): getattr(self.torch, n) for n in TENSORRT_NAMES}
         return table[self.engine.get_tensor_dtype(name)]
 
     def __call__(self, batch):
@@ -505,10 +397,6 @@ class TrtPredictor:
                 for s in range(0, len(x), step)
             ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def is_engine(path: str | Path) -> bool:
-    return Path(path).suffix in ENGINE_SUFFIXES
 
 
 def load_predictor(

@@ -1,19 +1,20 @@
 """The Open Inference Protocol routes (KServe v2 / Triton HTTP): server and model metadata,
 health and readiness, and inference on the model's own tensors."""
 
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 
+from serving import v2
+from serving.dtypes import PROTOCOL_NAMES
 from serving.state import ServerState, error, read_body, require_ready, run, with_deadline
 
 SERVER_NAME = "skd-pipeline"
 
 
 def add_v2_routes(app, state: ServerState, name: str) -> None:
-    from fastapi import HTTPException, Request, Response
-
-    from serving import v2
+    from fastapi import HTTPException, Request, Response  # the serve extra
 
     s = state.settings
 
@@ -25,8 +26,6 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
 
     @app.get("/v2")
     def server_metadata() -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
         try:
             ver = version(SERVER_NAME)
         except PackageNotFoundError:
@@ -35,10 +34,13 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
 
     def tensors(items) -> list[dict[str, Any]]:
         return [
-            {"name": t.name, "datatype": v2.NAMES[t.dtype],
-             "shape": [d if d is not None else -1 for d in t.shape]}
+            {
+                "name": t.name,
+                "datatype": PROTOCOL_NAMES[t.dtype],
+                "shape": [d if d is not None else -1 for d in t.shape],
+            }
             for t in items
-        ]  # fmt: skip
+        ]
 
     @app.get("/v2/models/{model}")
     @app.get("/v2/models/{model}/versions/{ver}")
@@ -84,24 +86,24 @@ def add_v2_routes(app, state: ServerState, name: str) -> None:
 
 def _model_input(state: ServerState, arrays: dict[str, np.ndarray], req: dict) -> np.ndarray:
     """The one input tensor, checked against the model's name, datatype and shape."""
-    from serving.v2 import NAMES, ProtocolError
-
     inp = state.clf.predictor.inputs[0]
     if set(arrays) != {inp.name}:
-        raise ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
+        raise v2.ProtocolError(f"this model takes one input, {inp.name!r}; got {sorted(arrays)}")
     x = arrays[inp.name]
-    want_type = NAMES[inp.dtype]
+    want_type = PROTOCOL_NAMES[inp.dtype]
     sent_type = next(t.get("datatype") for t in req["inputs"] if t.get("name") == inp.name)
     if sent_type != want_type:
-        raise ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
+        raise v2.ProtocolError(f"input {inp.name!r} is {want_type}; got {sent_type}")
     want = list(inp.shape)
     if x.ndim != len(want) or any(
         w is not None and w != d for w, d in zip(want, x.shape, strict=True)
     ):
         shown = [d if d is not None else -1 for d in want]
-        raise ProtocolError(
+        raise v2.ProtocolError(
             f"input {inp.name!r} has shape {list(x.shape)}; the model takes {shown}"
         )
     if x.shape[0] > state.settings.max_images:
-        raise ProtocolError(f"{x.shape[0]} images in one request, over {state.settings.max_images}")
+        raise v2.ProtocolError(
+            f"{x.shape[0]} images in one request, over {state.settings.max_images}"
+        )
     return np.ascontiguousarray(x, dtype=inp.dtype)

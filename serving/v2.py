@@ -19,23 +19,9 @@ from typing import Any
 
 import numpy as np
 
-HEADER_LENGTH = "Inference-Header-Content-Length"
+from serving.dtypes import PROTOCOL, PROTOCOL_NAMES
 
-DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-NAMES = {v: k for k, v in DTYPES.items()}
+HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 class ProtocolError(ValueError):
@@ -83,11 +69,11 @@ def _header(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byt
 
 def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.ndarray, int]:
     name = spec.get("name")
-    dtype = DTYPES.get(str(spec.get("datatype")))
+    dtype = PROTOCOL.get(str(spec.get("datatype")))
     shape = spec.get("shape")
     if not isinstance(name, str) or dtype is None:
         raise ProtocolError(
-            f"input {name!r}: datatype {spec.get('datatype')!r} is not one of {', '.join(DTYPES)}"
+            f"input {name!r}: datatype {spec.get('datatype')!r} is not one of {', '.join(PROTOCOL)}"
         )
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
@@ -97,7 +83,7 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.n
         if not _is_int(size) or size != count * dtype.itemsize or offset + size > len(binary):
             raise ProtocolError(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of "
-                f"{NAMES[dtype]} or the bytes sent"
+                f"{PROTOCOL_NAMES[dtype]} or the bytes sent"
             )
         arr = np.frombuffer(binary[offset : offset + size], dtype=dtype.newbyteorder("<"))
         return arr.reshape(shape), offset + size
@@ -109,7 +95,9 @@ def _tensor(spec: dict[str, Any], binary: memoryview, offset: int) -> tuple[np.n
     try:
         arr = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"input {name!r}: data is not {NAMES[dtype]} ({exc})") from None
+        raise ProtocolError(
+            f"input {name!r}: data is not {PROTOCOL_NAMES[dtype]} ({exc})"
+        ) from None
     if arr.size != count:
         raise ProtocolError(f"input {name!r}: {arr.size} values for shape {shape} ({count})")
     return arr.reshape(shape), offset
@@ -155,7 +143,7 @@ def encode_response(
         entry: dict[str, Any] = {
             "name": name,
             "shape": list(arr.shape),
-            "datatype": NAMES[arr.dtype],
+            "datatype": PROTOCOL_NAMES[arr.dtype],
         }
         if _params(spec, f"output {name!r}").get("binary_data", binary_default):
             raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()

@@ -24,6 +24,7 @@ LAYERS = [
     ("pipeline.artifacts", 1),
     ("pipeline.errors", 0),
     ("pipeline.timing", 0),
+    ("pipeline.preprocessing", 0),
     ("pipeline.gates", 0),
     ("pipeline.images", 0),
     ("pipeline", 0),

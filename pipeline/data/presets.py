@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
+from pipeline.preprocessing import Preprocessing
+
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 TINY_MEAN = (0.4802, 0.4481, 0.3975)
@@ -23,6 +25,11 @@ class Preset:
     resize: int | None  # test-time resize (shorter side) before the centre crop; None = input size
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation preprocessing, as the exported model's metadata records it."""
+        return Preprocessing(self.input_size, self.resize or self.input_size, self.mean, self.std)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,18 +53,20 @@ PRESETS: dict[str, Preset] = {
 
 def eval_transform(p: Preset) -> v2.Compose:
     """Deterministic: resize (shorter side), centre crop, scale to [0, 1], normalise."""
+    pre = p.preprocessing
     return v2.Compose(
         [
-            v2.Resize(p.resize or p.input_size, antialias=True),
-            v2.CenterCrop(p.input_size),
+            v2.Resize(pre.resize, antialias=True),
+            v2.CenterCrop(pre.input_size),
             v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(p.mean, p.std),
+            v2.Normalize(pre.mean, pre.std),
         ]
     )
 
 
 def train_transform(p: Preset) -> v2.Compose:
-    s = p.input_size
+    pre = p.preprocessing
+    s = pre.input_size
     if p.train_aug == "rrc_flip":
         geo = [v2.RandomResizedCrop(s, antialias=True), v2.RandomHorizontalFlip()]
     else:
@@ -66,4 +75,6 @@ def train_transform(p: Preset) -> v2.Compose:
             geo.append(v2.RandomCrop(s, padding=s // 8))
         if p.train_aug == "crop_flip":
             geo.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*geo, v2.ToDtype(torch.float32, scale=True), v2.Normalize(p.mean, p.std)])
+    return v2.Compose(
+        [*geo, v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+    )

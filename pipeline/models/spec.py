@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.errors import ArtefactError
+from pipeline.preprocessing import Preprocessing
 
 SPEC_VERSION = 1
 """The spec's schema version. Raise it when a field changes meaning or a required one is added;
@@ -46,6 +47,11 @@ class PresetSpec(_Record):
     resize: int | None  # test-time shorter side before the centre crop; None: the input size
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The evaluation preprocessing the exported model's metadata records."""
+        return Preprocessing(self.input_size, self.resize or self.input_size, self.mean, self.std)
 
 
 class ModelSpec(_Record):

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import CHECKPOINT_INDEX as INDEX_FILE
-from pipeline.artifacts import hash_files, sha256_file, storage_errors, write_json_atomic
+from pipeline.artifacts import (
+    commit_dir,
+    hash_files,
+    sha256_file,
+    storage_errors,
+    write_json_atomic,
+)
 from pipeline.artifacts import read_checkpoint_index as read_index
 from pipeline.errors import ArtefactError
 
@@ -82,8 +88,7 @@ class Checkpointer:
                         str(tmp / METHOD_STATE_FILE),
                     )
                 write_json_atomic(tmp / STATE_FILE, asdict(state))
-                shutil.rmtree(final, ignore_errors=True)
-                tmp.rename(final)
+                commit_dir(tmp, final)
                 self._record(name, state)
         self.acc.wait_for_everyone()
         return final

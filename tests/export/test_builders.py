@@ -143,9 +143,14 @@ def test_tensorrt_engine_matches_onnxruntime(tmp_path, tiny_model):
     assert json.loads(engine.with_suffix(".json").read_text())["tensorrt"] == record["tensorrt"]
     x = np.random.default_rng(1).standard_normal((8, 3, SIZE, SIZE)).astype(np.float32)
     res = benchmark_engine(
-        engine, (3, SIZE, SIZE), [1, 8], warmup=2, iters=5,
-        reference=x, reference_logits=OrtPredictor(tiny_model).run(x),
-    )  # fmt: skip
+        engine,
+        (3, SIZE, SIZE),
+        [1, 8],
+        warmup=2,
+        iters=5,
+        reference=x,
+        reference_logits=OrtPredictor(tiny_model).run(x),
+    )
     assert res["parity"]["top1_agreement"] == 1.0 and res["parity"]["max_abs_diff"] < 1e-3
     assert res["batch_8"]["images_per_s"] > 0
 
@@ -167,7 +172,7 @@ def test_engine_precision_follows_the_graph_checked_before_any_gpu(tmp_path, tin
 
 def test_an_engine_built_elsewhere_is_refused_naming_both(tmp_path):
     from pipeline.errors import ArtefactError
-    from serving.predictor import check_engine_record
+    from serving.engine_record import check_engine_record
 
     engine = tmp_path / "m.fp16.engine"
     engine.write_bytes(b"engine")
@@ -193,9 +198,14 @@ def test_triton_with_preprocessing_takes_pixels_and_matches_the_server_path(tmp_
     from serving.predictor import OrtPredictor
 
     d = write_repository(
-        tiny_model, tmp_path / "repo", name="tiny", kind="gpu", tensorrt="fp16",
-        preprocessing=True, max_queue_delay_us=250,
-    )  # fmt: skip
+        tiny_model,
+        tmp_path / "repo",
+        name="tiny",
+        kind="gpu",
+        tensorrt="fp16",
+        preprocessing=True,
+        max_queue_delay_us=250,
+    )
     cfg = read_config(d)  # Triton's own schema
     assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [
         ("pixels", [SIZE, SIZE, 3], 2)  # TYPE_UINT8
@@ -312,7 +322,7 @@ def test_engine_record_names_tensor_types_as_numpy_does():
         SimpleNamespace(name="input", dtype="DataType.HALF", shape=(-1, 3, SIZE, SIZE)),
         SimpleNamespace(name="logits", dtype="DataType.FP8", shape=(-1, 4)),
     ]
-    assert tensor_records(trt, tensors) == [
+    assert [t.to_dict() for t in tensor_records(trt, tensors)] == [
         {"name": "input", "dtype": "float16", "shape": [-1, 3, SIZE, SIZE]},
         {"name": "logits", "dtype": "fp8", "shape": [-1, 4]},  # Triton has no type: refused there
     ]

@@ -107,7 +107,7 @@ def test_an_engine_without_its_preprocessing_is_refused_for_serving(tmp_path, fa
 
 
 def test_engine_metadata_from_the_record_or_the_onnx_beside_it(tmp_path, tiny_model):
-    from serving.predictor import engine_metadata, read_engine_record
+    from serving.engine_record import engine_metadata, read_engine_record
 
     engine = fake_engine(tmp_path / "m.engine")
     meta = engine_metadata(engine, read_engine_record(engine))
@@ -157,8 +157,16 @@ def test_the_server_runs_an_engine_through_the_engine_back_end(tmp_path, tiny_mo
     info = c.get("/v1/model").json()
     assert info["platform"] == "tensorrt_plan" and info["providers"] == ["TensorRT 11.4.0"]
     x = np.zeros((2, 3, SIZE, SIZE), np.float32)
-    body = {"inputs": [{"name": "input", "shape": [2, 3, SIZE, SIZE], "datatype": "FP32",
-                        "data": x.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [2, 3, SIZE, SIZE],
+                "datatype": "FP32",
+                "data": x.ravel().tolist(),
+            }
+        ]
+    }
     out = c.post("/v2/models/tiny/infer", content=json.dumps(body)).json()
     assert out["outputs"][0]["name"] == "logits" and out["outputs"][0]["shape"] == [2, 4]
 

@@ -12,7 +12,8 @@ def test_serving_imports_without_torch() -> None:
     code = (
         "import sys\n"
         "import serving.artefacts, serving.bench, serving.http, serving.predictor\n"
-        "import pipeline.timing\n"
+        "import serving.dtypes, serving.engine_record, serving.preprocess\n"
+        "import pipeline.preprocessing, pipeline.timing\n"
         "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
         "assert not bad, bad[:5]\n"
     )
