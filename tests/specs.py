@@ -25,6 +25,5 @@ def model_spec(
         num_classes=num_classes,
         method=method,
         classes=[f"class{i}" for i in range(num_classes)],
-        preset=PRESETS["cifar10"].to_dict(),
-        **more,
+        **{"preset": PRESETS["cifar10"].to_dict(), **more},
     )

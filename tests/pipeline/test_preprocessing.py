@@ -47,9 +47,10 @@ def test_the_preset_exposes_its_preprocessing_and_the_eval_transform_reads_it():
 
 def test_export_metadata_keeps_its_keys_and_values():
     from export.onnx import onnx_metadata
+    from tests.specs import model_spec
 
     preset = PRESETS["tiny_imagenet"].to_dict() | {"resize": None}
-    spec = {"preset": preset, "classes": ["a", "b"], "arch": "resnet18"}
+    spec = model_spec(num_classes=2, preset=preset).replace(classes=["a", "b"])
     assert onnx_metadata(spec, "key") == {
         "classes": ["a", "b"],
         "input_size": 32,
