@@ -139,8 +139,8 @@ def test_nan_weights_fail_export_parity_as_nan(run, capsys, monkeypatch):
 
 
 def test_nan_and_inf_fail_every_gate(tiny_cfg):
+    from pipeline.evaluation import check_gates
     from pipeline.gates import at_least, at_most, show
-    from pipeline.stages.validate import check_gates
 
     for bad in (float("nan"), float("inf"), np.float32("nan")):
         assert not at_most(bad, 1.0) and not at_least(bad, 0.0)
@@ -151,7 +151,7 @@ def test_nan_and_inf_fail_every_gate(tiny_cfg):
 
 
 def test_nan_logits_are_wrong_answers_and_fail_their_own_gate(tiny_cfg):
-    from pipeline.stages.validate import check_gates, predictions
+    from pipeline.evaluation import check_gates, predictions
 
     def half_nan(x):
         out = np.tile(np.array([[5.0, 0.0]]), (len(x), 1))
@@ -263,9 +263,19 @@ def test_decompression_bomb_is_a_bad_image(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("{}\n")
     code = main(
-        ["run", str(cfg), "--set", "data.name=imagefolder", "--set", f"data.root={fake.folder}",
-         "--set", f"run_dir={tmp_path / 'runs'}", "--only", "train"]
-    )  # fmt: skip
+        [
+            "run",
+            str(cfg),
+            "--set",
+            "data.name=imagefolder",
+            "--set",
+            f"data.root={fake.folder}",
+            "--set",
+            f"run_dir={tmp_path / 'runs'}",
+            "--only",
+            "train",
+        ]
+    )
     assert code == 4
     err = capsys.readouterr().err
     _no_traceback(err)
@@ -374,12 +384,12 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_internal_errors_exit_1_with_the_traceback_in_the_log(run, capsys, monkeypatch):
     run_dir, args = run
-    import pipeline.stages.validate as validate
+    import pipeline.evaluation as evaluation
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(validate, "check_gates", broken)
+    monkeypatch.setattr(evaluation, "check_gates", broken)
     assert main([*args, "--only", "validate", "--force"]) == 1
     err = capsys.readouterr().err
     _no_traceback(err)
@@ -424,8 +434,13 @@ def test_what_changed_names_config_keys_inputs_data_or_version():
     from pipeline.runner import _what_changed
 
     def m(**kw):
-        base = dict(stage="train", key="k", config={"train": {"lr": 0.1, "distill": {"alpha": 1}}},
-                    inputs={}, data={"fingerprint": "a"})  # fmt: skip
+        base = dict(
+            stage="train",
+            key="k",
+            config={"train": {"lr": 0.1, "distill": {"alpha": 1}}},
+            inputs={},
+            data={"fingerprint": "a"},
+        )
         return Manifest(**{**base, **kw})
 
     nested = m(config={"train": {"lr": 0.1, "distill": {"alpha": 2}}, "model": {"w": 1}})

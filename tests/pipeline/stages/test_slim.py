@@ -204,10 +204,18 @@ def test_bad_slim_config_is_refused_with_the_key(sets, message):
 
 
 def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
-    from pipeline.stages.slim import recovery_config
+    from pipeline.training.slimming import recovery_config
 
-    cfg = load_config(None, ["train.method=ama", "train.distill.kd_warmup_epochs=5",
-                             "train.distill.alpha=1.5", "slim.ratio=0.5", "slim.epochs=3"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            "train.method=ama",
+            "train.distill.kd_warmup_epochs=5",
+            "train.distill.alpha=1.5",
+            "slim.ratio=0.5",
+            "slim.epochs=3",
+        ],
+    )
     train = recovery_config(cfg).train
     assert (train.method, train.epochs, train.lr) == ("ama", 3, cfg.slim.lr)
     assert train.distill.kd_warmup_epochs == 0 and train.distill.alpha == 1.5
@@ -231,9 +239,14 @@ def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
     from pipeline.runner import run_pipeline
 
     sets = [
-        *tiny_overrides, "model.width=0.25", "train.method=ama", "slim.ratio=0.5",
-        "slim.epochs=1", "slim.round_to=4", "validate.sweep.enabled=false",
-    ]  # fmt: skip
+        *tiny_overrides,
+        "model.width=0.25",
+        "train.method=ama",
+        "slim.ratio=0.5",
+        "slim.epochs=1",
+        "slim.round_to=4",
+        "validate.sweep.enabled=false",
+    ]
     cfg = load_config(None, sets)
     manifests = run_pipeline(cfg)
     sl = manifests["slim"].metrics
@@ -258,8 +271,15 @@ def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
 def test_ce_recovery_drops_the_self_teacher(tiny_overrides, one_thread):
     from pipeline.runner import run_pipeline
 
-    sets = [*tiny_overrides, "train.method=ama", "train.epochs=1", "slim.ratio=0.3",
-            "slim.epochs=1", "slim.method=ce", "slim.round_to=4"]  # fmt: skip
+    sets = [
+        *tiny_overrides,
+        "train.method=ama",
+        "train.epochs=1",
+        "slim.ratio=0.3",
+        "slim.epochs=1",
+        "slim.method=ce",
+        "slim.round_to=4",
+    ]
     cfg = load_config(None, sets)
     run_pipeline(cfg, only="train")
     run_pipeline(cfg, only="slim")
@@ -275,8 +295,14 @@ def test_unreachable_latency_budget_stops_with_the_closest_and_keeps_the_trained
     the finished train stage stays for the next attempt."""
     from pipeline.runner import run_pipeline
 
-    sets = [*tiny_overrides, "train.epochs=1", "slim.latency_ms=1e-6", "slim.max_ratio=0.1",
-            "validate.latency.iters=10", "validate.latency.warmup=1"]  # fmt: skip
+    sets = [
+        *tiny_overrides,
+        "train.epochs=1",
+        "slim.latency_ms=1e-6",
+        "slim.max_ratio=0.1",
+        "validate.latency.iters=10",
+        "validate.latency.warmup=1",
+    ]
     cfg = load_config(None, sets)
     run_pipeline(cfg, only="train")
     with pytest.raises(ConfigError, match=r"slim\.latency_ms=1e-06 ms cannot be reached.*at best"):
