@@ -28,7 +28,6 @@ from pipeline.artifacts import find_stage  # noqa: E402
 from pipeline.config import Int8Config, load_config  # noqa: E402
 from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.runner import make_context  # noqa: E402
-from pipeline.stages.export import calibration_batch  # noqa: E402
 from pipeline.timing import sweep_point  # noqa: E402
 from serving.predictor import OrtPredictor  # noqa: E402
 
@@ -80,7 +79,7 @@ def main() -> None:
     ctx = make_context(cfg)
     xs = ctx.data.test.stack().numpy().astype(np.float32)
     ys = np.asarray(ctx.data.test.labels)
-    calib = calibration_batch(ctx, cfg.export.calibration_samples)
+    calib = ctx.data.calibration_batch(cfg.export.calibration_samples)
     rows = {"fp32": measure(fp32, xs, ys, args.seconds)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, recipe in RECIPES.items():

@@ -49,6 +49,7 @@ def point_name(ratio: float, method: str, seed: int) -> str:
 def run_point(args, train, ctx_data, ratio: float, method: str, seed: int, out: Path) -> dict:
     """One point through the slim stage, in `out/points/<name>`; reused when finished."""
     from pipeline.stages import slim
+    from pipeline.training.slimming import recovery_method
 
     if method == "auto":
         method = load_config(args.run / "config.yaml").train.method
@@ -62,7 +63,7 @@ def run_point(args, train, ctx_data, ratio: float, method: str, seed: int, out: 
     work.mkdir(parents=True, exist_ok=True)  # a partial point resumes from its checkpoints
     ctx = StageContext(cfg=cfg, run_dir=args.run, load_data=lambda: ctx_data)
     metrics = slim.run(cfg, {"train": train}, work, ctx).metrics
-    row = {"ratio": ratio, "method": slim.recovery_method(cfg), "seed": seed, **metrics}
+    row = {"ratio": ratio, "method": recovery_method(cfg), "seed": seed, **metrics}
     write_json_atomic(result, row)
     shutil.rmtree(work / "checkpoints", ignore_errors=True)
     return row
@@ -89,22 +90,31 @@ def table(rows: list[dict]) -> tuple[list[dict], str]:
     lines.append(unpruned)
     for r in rows:
         c = r["compression"]
-        lines.append({
-            "point": point_name(r["ratio"], r["method"], r["seed"]),
-            "ratio": r["ratio"], "method": r["method"], "seed": r["seed"],
-            "params": c["slim"]["params"], "macs": c["slim"]["macs"],
-            "top1_fp32": c["slim"]["fp32"]["top1"], "top1_int8": c["slim"]["int8"]["top1"],
-            "top1_change_fp32": c["top1_change_fp32"], "top1_change_int8": c["top1_change_int8"],
-            "p50_fp32_ms": c["slim"]["fp32"]["latency_ms"]["p50"],
-            "p50_int8_ms": c["slim"]["int8"]["latency_ms"]["p50"],
-            "speedup_fp32": c["speedup_batch1"]["slim_fp32"],
-            "speedup_int8": c["speedup_batch1"]["slim_int8"],
-            "throughput_fp32": c["slim"]["fp32"]["throughput"]["images_per_s"],
-            "throughput_int8": c["slim"]["int8"]["throughput"]["images_per_s"],
-            "recovery_s": (r.get("recovery") or {}).get("train_s"),
-        })  # fmt: skip
-    head = ("| point | parameters | MACs | top-1 FP32 | top-1 INT8 | p50 FP32 ms | p50 INT8 ms "
-            "| speed-up FP32 | speed-up INT8 |")  # fmt: skip
+        lines.append(
+            {
+                "point": point_name(r["ratio"], r["method"], r["seed"]),
+                "ratio": r["ratio"],
+                "method": r["method"],
+                "seed": r["seed"],
+                "params": c["slim"]["params"],
+                "macs": c["slim"]["macs"],
+                "top1_fp32": c["slim"]["fp32"]["top1"],
+                "top1_int8": c["slim"]["int8"]["top1"],
+                "top1_change_fp32": c["top1_change_fp32"],
+                "top1_change_int8": c["top1_change_int8"],
+                "p50_fp32_ms": c["slim"]["fp32"]["latency_ms"]["p50"],
+                "p50_int8_ms": c["slim"]["int8"]["latency_ms"]["p50"],
+                "speedup_fp32": c["speedup_batch1"]["slim_fp32"],
+                "speedup_int8": c["speedup_batch1"]["slim_int8"],
+                "throughput_fp32": c["slim"]["fp32"]["throughput"]["images_per_s"],
+                "throughput_int8": c["slim"]["int8"]["throughput"]["images_per_s"],
+                "recovery_s": (r.get("recovery") or {}).get("train_s"),
+            }
+        )
+    head = (
+        "| point | parameters | MACs | top-1 FP32 | top-1 INT8 | p50 FP32 ms | p50 INT8 ms "
+        "| speed-up FP32 | speed-up INT8 |"
+    )
     md = [head, "|" + "---|" * 9]
     for x in lines:
         md.append(
@@ -164,11 +174,16 @@ def by_ratio(lines: list[dict]) -> list[dict]:
         fp32 = statistics.median(x["p50_fp32_ms"] for x in pts)
         int8 = statistics.median(x["p50_int8_ms"] for x in pts)
         row = {
-            "ratio": ratio, "params": pts[0]["params"], "macs": pts[0]["macs"],
-            "measurements": len(pts), "p50_fp32_ms": fp32, "p50_int8_ms": int8,
-            "speedup_fp32": ref["p50_fp32_ms"] / fp32, "speedup_int8": ref["p50_fp32_ms"] / int8,
+            "ratio": ratio,
+            "params": pts[0]["params"],
+            "macs": pts[0]["macs"],
+            "measurements": len(pts),
+            "p50_fp32_ms": fp32,
+            "p50_int8_ms": int8,
+            "speedup_fp32": ref["p50_fp32_ms"] / fp32,
+            "speedup_int8": ref["p50_fp32_ms"] / int8,
             "top1": {},
-        }  # fmt: skip
+        }
         for m in sorted({x["method"] for x in pts}):
             mine = [x for x in pts if x["method"] == m]
             row["top1"][m] = {
@@ -194,8 +209,10 @@ def best_point(groups: list[dict], ref_top1: float, max_loss: float = 0.01) -> d
 def figure(lines: list[dict], out: Path) -> Path | None:
     from pipeline.report.figures import accuracy_latency_figure
 
-    points = [("unpruned FP32", lines[0]["p50_fp32_ms"], lines[0]["top1_fp32"]),
-              ("unpruned INT8", lines[0]["p50_int8_ms"], lines[0]["top1_int8"])]  # fmt: skip
+    points = [
+        ("unpruned FP32", lines[0]["p50_fp32_ms"], lines[0]["top1_fp32"]),
+        ("unpruned INT8", lines[0]["p50_int8_ms"], lines[0]["top1_int8"]),
+    ]
     for x in lines[1:]:
         points.append((f"{x['point']} FP32", x["p50_fp32_ms"], x["top1_fp32"]))
         points.append((f"{x['point']} INT8", x["p50_int8_ms"], x["top1_int8"]))
@@ -233,21 +250,30 @@ def main(argv: list[str] | None = None) -> int:
     gains = comparisons(rows, methods)
     ref = lines[0]
     best = best_point(groups, ref["top1_fp32"])
-    summary = {"run": str(args.run), "points": lines, "by_ratio": groups,
-               "paired_gains": {f"{a} - {b}": g for (a, b), g in gains.items()},
-               "best_within_1pt": best}  # fmt: skip
+    summary = {
+        "run": str(args.run),
+        "points": lines,
+        "by_ratio": groups,
+        "paired_gains": {f"{a} - {b}": g for (a, b), g in gains.items()},
+        "best_within_1pt": best,
+    }
     write_json_atomic(out / "sweep.json", summary)
     text = [f"# Compression sweep of `{args.run}`", "", "Every point as measured:", "", md, ""]
-    text += ["Per ratio: latency as the median over the points' measurements, speed-ups against "
-             f"the unpruned median ({ref['p50_fp32_ms']:.3f} ms FP32), top-1 as the mean over seeds:",
-             "", "| ratio | parameters | MACs | p50 FP32 ms | p50 INT8 ms | speed-up FP32 | speed-up INT8 "
-             "| " + " | ".join(f"top-1 {m} FP32 / INT8" for m in methods) + " |",
-             "|" + "---|" * (7 + len(methods))]  # fmt: skip
+    text += [
+        "Per ratio: latency as the median over the points' measurements, speed-ups against "
+        f"the unpruned median ({ref['p50_fp32_ms']:.3f} ms FP32), top-1 as the mean over seeds:",
+        "",
+        "| ratio | parameters | MACs | p50 FP32 ms | p50 INT8 ms | speed-up FP32 | speed-up INT8 "
+        "| " + " | ".join(f"top-1 {m} FP32 / INT8" for m in methods) + " |",
+        "|" + "---|" * (7 + len(methods)),
+    ]
     for g in groups:
         cells = [
             f"{100 * g['top1'][m]['fp32']:.2f} / {100 * g['top1'][m]['int8']:.2f} (n={g['top1'][m]['seeds']})"
-            if m in g["top1"] else "" for m in methods
-        ]  # fmt: skip
+            if m in g["top1"]
+            else ""
+            for m in methods
+        ]
         text.append(
             f"| {g['ratio']:g} | {g['params']:,} | {g['macs'] / 1e6:.1f} M | {g['p50_fp32_ms']:.3f} "
             f"| {g['p50_int8_ms']:.3f} | {g['speedup_fp32']:.2f}x | {g['speedup_int8']:.2f}x | "

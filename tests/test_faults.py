@@ -139,8 +139,8 @@ def test_nan_weights_fail_export_parity_as_nan(run, capsys, monkeypatch):
 
 
 def test_nan_and_inf_fail_every_gate(tiny_cfg):
+    from pipeline.evaluation import check_gates
     from pipeline.gates import at_least, at_most, show
-    from pipeline.stages.validate import check_gates
 
     for bad in (float("nan"), float("inf"), np.float32("nan")):
         assert not at_most(bad, 1.0) and not at_least(bad, 0.0)
@@ -151,7 +151,7 @@ def test_nan_and_inf_fail_every_gate(tiny_cfg):
 
 
 def test_nan_logits_are_wrong_answers_and_fail_their_own_gate(tiny_cfg):
-    from pipeline.stages.validate import check_gates, predictions
+    from pipeline.evaluation import check_gates, predictions
 
     def half_nan(x):
         out = np.tile(np.array([[5.0, 0.0]]), (len(x), 1))
@@ -384,12 +384,12 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 
 def test_internal_errors_exit_1_with_the_traceback_in_the_log(run, capsys, monkeypatch):
     run_dir, args = run
-    import pipeline.stages.validate as validate
+    import pipeline.evaluation as evaluation
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(validate, "check_gates", broken)
+    monkeypatch.setattr(evaluation, "check_gates", broken)
     assert main([*args, "--only", "validate", "--force"]) == 1
     err = capsys.readouterr().err
     _no_traceback(err)

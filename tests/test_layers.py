@@ -14,6 +14,7 @@ LAYERS = [
     ("pipeline.runner", 8),
     ("pipeline.stages", 7),
     ("pipeline.report", 6),
+    ("pipeline.evaluation", 6),
     ("pipeline.training", 5),
     ("pipeline.config", 4),
     ("pipeline.distill", 3),
@@ -94,3 +95,19 @@ def test_stage_folders_are_named_only_by_the_stage_table() -> None:
         if pattern.search(line) and not line.lstrip().startswith("#")
     ]
     assert not hits, hits
+
+
+def test_no_stage_imports_another_stage() -> None:
+    """A stage reads its inputs, calls library code and writes its folder: what two stages
+    share is library code, so only the stage table imports the stage modules."""
+    modules = _modules()
+    stages = {m for m in modules if m.startswith("pipeline.stages.")}
+    bad = [
+        f"{module} imports {target}"
+        for module in sorted(stages)
+        for target in _imports(modules[module], set(modules))
+        if target == "pipeline.stages" or target.startswith("pipeline.stages.")
+    ]
+    assert not bad, "\n".join(bad)
+    table = _imports(modules["pipeline.stages"], set(modules))
+    assert {t for t in table if t.startswith("pipeline.stages.")} == stages

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.data.presets import Preset
+from pipeline.data.presets import Preset, eval_transform
 from pipeline.errors import DataError
 
 
@@ -169,6 +169,18 @@ class DataBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def spread_train(self, n: int) -> Transformed:
+        """At most n train images spread evenly over the split, through the deterministic
+        evaluation transform: the calibration and pruning samples."""
+        train = self.train
+        picks = np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int)
+        indices = [train.indices[i] for i in picks]
+        return Transformed(train.base, indices, eval_transform(self.preset))
+
+    def calibration_batch(self, n: int) -> np.ndarray:
+        """`spread_train(n)` as one float32 NCHW array (INT8 calibration)."""
+        return self.spread_train(n).stack().numpy().astype(np.float32)
 
     def summary(self) -> dict:
         return {

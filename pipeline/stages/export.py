@@ -5,28 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.artifacts import Manifest, StageContext, StageResult
+from export.model_card import model_card
+from export.quantize import quantization_of
+from export.variants import VARIANTS
+from pipeline.artifacts import Manifest, StageContext, StageResult, find_stage
 from pipeline.errors import ExportParityError, GpuUnavailable, PipelineError, StageError
 from pipeline.gates import at_least, at_most, show
+from serving.predictor import TrtPredictor
 
 log = logging.getLogger("pipeline.export")
-
-
-def calibration_batch(ctx: StageContext, n: int) -> np.ndarray:
-    """Train images spread over the whole split, with the deterministic evaluation transform."""
-    from pipeline.data import Transformed, eval_transform
-
-    train = ctx.data.train
-    picks = np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int)
-    view = Transformed(
-        train.base, [train.indices[i] for i in picks], eval_transform(ctx.data.preset)
-    )
-    return view.stack().numpy().astype(np.float32)
 
 
 def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, e) -> Path:
@@ -36,7 +27,7 @@ def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, e) -> 
         return variant.build(
             fp32,
             out_dir / variant.filename,
-            lambda: calibration_batch(ctx, e.calibration_samples),
+            lambda: ctx.data.calibration_batch(e.calibration_samples),
             e,
         )
     except (PipelineError, OSError):
@@ -51,10 +42,6 @@ def _build_variant(variant, fp32: Path, out_dir: Path, ctx: StageContext, e) -> 
 def _reuse_timing_cache(ctx: StageContext, out_dir: Path) -> None:
     """The TensorRT timing cache of the previous export of this run, so rebuilt engines reuse
     the tactic timings already measured (the cache lives in the stage's own folder)."""
-    import shutil
-
-    from pipeline.artifacts import find_stage
-
     previous = find_stage(ctx.run_dir, "export")
     if previous is not None and previous.path("timing.cache").is_file():
         shutil.copyfile(previous.path("timing.cache"), out_dir / "timing.cache")
@@ -62,20 +49,16 @@ def _reuse_timing_cache(ctx: StageContext, out_dir: Path) -> None:
 
 def parity_of(made: Path, model, images) -> dict:
     """Parity against torch through the artefact's own runtime (ONNX Runtime or TensorRT)."""
-    from export.onnx import ort_parity, parity
+    from export.onnx import ort_parity, parity  # torch: loaded by the stage, not the table
 
     if made.suffix != ".engine":
         return ort_parity(made, model, images)
-    from serving.predictor import TrtPredictor
-
     return parity(TrtPredictor(made).run, model, images, chunk=64)
 
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
-    from export.model_card import model_card
+    # torch loads here, not with the stage table
     from export.onnx import add_metadata, describe, export_onnx, onnx_metadata, ort_parity
-    from export.quantize import quantization_of
-    from export.variants import VARIANTS
     from pipeline.models.io import build_backbone, load_weights, read_spec
 
     prune = inputs["prune"]
@@ -137,10 +120,14 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
             "test_top1": slim["compression"]["slim"]["fp32"]["top1"]
         }
     card = model_card(
-        spec, run=cfg.name, version=e.model_version, data={**train.data, "name": cfg.data.name},
+        spec,
+        run=cfg.name,
+        version=e.model_version,
+        data={**train.data, "name": cfg.data.name},
         training=training,
-        parity=parity, artefacts=artefacts,
+        parity=parity,
+        artefacts=artefacts,
         quantization={k: v["quantization"] for k, v in metrics.items() if "quantization" in v},
-    )  # fmt: skip
+    )
     (out_dir / "MODEL_CARD.md").write_text(card)
     return StageResult(metrics=metrics, extra={"artefacts": artefacts})

@@ -203,7 +203,7 @@ def test_bad_slim_config_is_refused_with_the_key(sets, message):
 
 
 def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
-    from pipeline.stages.slim import recovery_config
+    from pipeline.training.slimming import recovery_config
 
     cfg = load_config(
         None,

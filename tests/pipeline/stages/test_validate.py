@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.stages.validate import backend_name, check_gates
+from pipeline.evaluation import backend_name, check_gates
 
 
 def _art(top1: float) -> dict:
@@ -56,7 +56,7 @@ def test_gpu_backends_missing_here_are_skipped_with_the_reason(tmp_path, tiny_mo
     import torch
 
     from pipeline.errors import GpuUnavailable
-    from pipeline.stages.validate import GPU_BACKENDS, gpu_candidates
+    from pipeline.evaluation import GPU_BACKENDS, gpu_candidates
     from serving.predictor import import_onnxruntime
 
     if torch.cuda.is_available() or "CUDAExecutionProvider" in (
@@ -88,21 +88,30 @@ def test_the_report_lists_skipped_gpu_backends_with_the_reason() -> None:
     from pipeline.report.document import Document, to_markdown
 
     row = {
-        "backend": "torch eager fp32", "device": "cpu", "top1": 0.9,
+        "backend": "torch eager fp32",
+        "device": "cpu",
+        "top1": 0.9,
         "latency_ms": {"p50": 1.0, "p90": 1.1, "p99": 1.2},
-        "throughput": {"images_per_s": 100.0, "batch": 8}, "bytes": 1000,
-    }  # fmt: skip
+        "throughput": {"images_per_s": 100.0, "batch": 8},
+        "bytes": 1000,
+    }
     r = {
-        "artefacts": {"torch": row}, "gates": [], "threads": 2, "test_samples": 10,
+        "artefacts": {"torch": row},
+        "gates": [],
+        "threads": 2,
+        "test_samples": 10,
         "skipped": {"onnx_cuda": "onnxruntime 1.32.0 has no CUDAExecutionProvider"},
-    }  # fmt: skip
+    }
     md = to_markdown(Document("run", [], [_artefacts(r, {})]))
     assert "GPU back ends not measured" in md and "skipped because" in md
     assert "| onnx_cuda | onnxruntime 1.32.0 has no CUDAExecutionProvider |" in md
     assert "GPU" not in md.split("Latency is")[0]  # no GPU row: no GPU named
     gpu_row = row | {"backend": "onnxruntime CUDA EP fp32", "device": "cuda"}
-    r |= {"artefacts": {"torch": row, "onnx_cuda": gpu_row}, "skipped": {},
-          "environment": {"device": "NVIDIA H100 80GB HBM3"}}  # fmt: skip
+    r |= {
+        "artefacts": {"torch": row, "onnx_cuda": gpu_row},
+        "skipped": {},
+        "environment": {"device": "NVIDIA H100 80GB HBM3"},
+    }
     md = to_markdown(Document("run", [], [_artefacts(r, {})]))
     assert "GPU NVIDIA H100 80GB HBM3 for the GPU rows" in md and "not measured" not in md
 
@@ -112,7 +121,7 @@ def test_gpu_backends_agree_with_the_cpu_rows(tmp_path, tiny_model, tiny_cfg) ->
     import numpy as np
     import torch
 
-    from pipeline.stages.validate import gpu_candidates
+    from pipeline.evaluation import gpu_candidates
     from serving.predictor import OrtPredictor
     from tests.tiny_onnx import SIZE
 
