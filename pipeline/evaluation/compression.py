@@ -5,7 +5,6 @@ rows; and the batch-1 latency probe a latency budget prunes against."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from export.onnx import export_onnx
 from export.quantize import quantize_int8
 from pipeline.config import ExportConfig
 from pipeline.evaluation.scoring import score, test_arrays
-from pipeline.models import count_macs, count_parameters
+from pipeline.models import classifier_only, count_macs, count_parameters
 from pipeline.timing import latency
 from serving.predictor import OrtPredictor
 
@@ -34,9 +33,7 @@ def ort_latency_probe(
     lat = cfg.validate_.latency
 
     def measure(classifier: torch.nn.Module) -> float:
-        model = copy.deepcopy(classifier).eval()
-        if hasattr(model, "drop_feature_taps"):
-            model.drop_feature_taps()
+        model = classifier_only(classifier)
         path = work / "latency-probe.onnx"
         example = torch.zeros(2, 3, size, size)
         export_onnx(model, example, path, cfg.export.opset)

@@ -3,11 +3,12 @@
 from pipeline.models import backbones as _backbones  # noqa: F401  (registers the factories)
 from pipeline.models.cost import count_macs, count_parameters, torch_latency
 from pipeline.models.registry import create_model, list_models, register_model
-from pipeline.models.wrapper import ModelOutput, SelfDistillModel
+from pipeline.models.wrapper import ModelOutput, SelfDistillModel, classifier_only
 
 __all__ = [
     "ModelOutput",
     "SelfDistillModel",
+    "classifier_only",
     "count_macs",
     "count_parameters",
     "create_model",

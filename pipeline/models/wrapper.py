@@ -56,9 +56,14 @@ class SelfDistillModel(nn.Module):
         )
 
     def deployable(self) -> nn.Module:
-        """The classifier alone, what ships: a copy of the backbone without the layers that only
-        fed the self-teacher (feature taps). Its logits are the wrapper's, bit for bit."""
-        model = copy.deepcopy(self.backbone)
-        if hasattr(model, "drop_feature_taps"):
-            model.drop_feature_taps()
-        return model.eval()
+        """The classifier alone, what ships. Its logits are the wrapper's, bit for bit."""
+        return classifier_only(self.backbone)
+
+
+def classifier_only(backbone: nn.Module) -> nn.Module:
+    """A copy of `backbone` in eval mode without the layers that only fed a self-teacher
+    (feature taps): what is exported and measured."""
+    model = copy.deepcopy(backbone)
+    if hasattr(model, "drop_feature_taps"):
+        model.drop_feature_taps()
+    return model.eval()
