@@ -62,10 +62,13 @@ def _engine(precision: str) -> Callable[..., Path]:
             )
         e = cfg.engine
         build_engine(
-            graph, dst, precision=precision,
+            graph,
+            dst,
+            precision=precision,
             profile=Profile(e.min_batch, e.opt_batch, e.max_batch),
-            timing_cache=dst.with_name("timing.cache"), workspace_gib=e.workspace_gib,
-        )  # fmt: skip
+            timing_cache=dst.with_name("timing.cache"),
+            workspace_gib=e.workspace_gib,
+        )
         return dst
 
     return build

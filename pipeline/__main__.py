@@ -117,9 +117,11 @@ def _add_serving_parsers(sub) -> None:
             serve.add_argument(flag, nargs="+", default=None, help=info.description)
             continue
         serve.add_argument(
-            flag, type=_flag_type(info.annotation), default=None,
+            flag,
+            type=_flag_type(info.annotation),
+            default=None,
             help=f"{info.description} (default {info.default})",
-        )  # fmt: skip
+        )
 
 
 def _flag_type(annotation) -> type:
@@ -137,23 +139,28 @@ def _add_triton_and_tensorrt(sub) -> None:
     triton.add_argument("--name", default="classifier", help="model name (its folder)")
     triton.add_argument("--version", type=int, default=1)
     triton.add_argument(
-        "--max-batch", type=int, default=None,
+        "--max-batch",
+        type=int,
+        default=None,
         help="Triton max_batch_size (default 64; an engine's: its profile's max batch)",
-    )  # fmt: skip
+    )
     triton.add_argument("--instances", type=int, default=1, help="model instances per device")
     triton.add_argument(
         "--kind", choices=["cpu", "gpu"], default="gpu", help="instance kind (engines: gpu only)"
     )
     triton.add_argument(
-        "--tensorrt", choices=["fp16", "fp32"], default=None,
+        "--tensorrt",
+        choices=["fp16", "fp32"],
+        default=None,
         help="let Triton's ONNX Runtime backend run the model through TensorRT",
-    )  # fmt: skip
+    )
     triton.add_argument("--overwrite", action="store_true", help="replace an existing model")
     triton.add_argument(
-        "--with-preprocessing", action="store_true",
+        "--with-preprocessing",
+        action="store_true",
         help="put normalisation inside the served model: clients send uint8 RGB pixels "
         "(N, H, W, 3) at the input size and get logits and probabilities",
-    )  # fmt: skip
+    )
     triton.add_argument(
         "--max-queue-delay-us", type=int, default=500, help="Triton's dynamic batching delay"
     )
@@ -346,9 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the one place every fault becomes an exit code
         files = [
-            h.baseFilename for h in logging.getLogger().handlers
+            h.baseFilename
+            for h in logging.getLogger().handlers
             if isinstance(h, logging.FileHandler)
-        ]  # fmt: skip
+        ]
         where = f"in {files[0]}" if files else "shown when the command is run again with -v"
         log.error(
             "internal error, not a problem with your input (%s: %s). The traceback is %s; "

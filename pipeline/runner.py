@@ -275,9 +275,12 @@ def _work_folder(folder: Path, manifest: Manifest) -> Path:
             log.warning(
                 "%s: discarding an unfinished run in %s (last checkpoint: epoch %s, step %s): "
                 "%s, so it cannot be resumed and the stage starts over",
-                manifest.stage, work, newest.get("epoch"), newest.get("step"),
+                manifest.stage,
+                work,
+                newest.get("epoch"),
+                newest.get("step"),
                 _what_changed(previous, manifest),
-            )  # fmt: skip
+            )
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     return work

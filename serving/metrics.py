@@ -38,7 +38,7 @@ class Metrics:
                 "images per inference call",
                 buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
                 registry=reg,
-            ),  # fmt: skip
+            ),
             queue_images=Gauge("queue_images", "images waiting for inference", registry=reg),
             model_ready=Gauge("model_ready", "1 once loaded and warmed up", registry=reg),
         )

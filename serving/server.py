@@ -80,9 +80,13 @@ def serve(model: str | Path, settings: ServeSettings) -> None:
     log.info(
         "serving %s on http://%s:%d (batching up to %d images or %d us; v2 model %r; "
         "metrics at /metrics, docs at /docs)",
-        model, settings.host, settings.port, settings.max_batch_size,
-        settings.max_queue_delay_us, settings.model_name or "the run's name",
-    )  # fmt: skip
+        model,
+        settings.host,
+        settings.port,
+        settings.max_batch_size,
+        settings.max_queue_delay_us,
+        settings.model_name or "the run's name",
+    )
     uvicorn.run(
         app,
         host=settings.host,

@@ -148,9 +148,14 @@ class WideResNet(nn.Module):
     """
 
     def __init__(
-        self, depth: int, k: int, num_classes: int, stem: str, width: float,
+        self,
+        depth: int,
+        k: int,
+        num_classes: int,
+        stem: str,
+        width: float,
         feature_taps: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError("WRN depth must be 6n+4")

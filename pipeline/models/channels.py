@@ -31,14 +31,24 @@ def _resized(m: nn.Module, shape: list[int]) -> nn.Module:
     if isinstance(m, nn.Conv2d):
         cin, cout, groups = shape
         return nn.Conv2d(
-            cin, cout, m.kernel_size, m.stride, m.padding, m.dilation, groups,
-            bias=m.bias is not None, padding_mode=m.padding_mode,
-        )  # fmt: skip
+            cin,
+            cout,
+            m.kernel_size,
+            m.stride,
+            m.padding,
+            m.dilation,
+            groups,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+        )
     if isinstance(m, nn.BatchNorm2d):
         return nn.BatchNorm2d(
-            shape[0], eps=m.eps, momentum=m.momentum, affine=m.affine,
+            shape[0],
+            eps=m.eps,
+            momentum=m.momentum,
+            affine=m.affine,
             track_running_stats=m.track_running_stats,
-        )  # fmt: skip
+        )
     if isinstance(m, nn.Linear):
         return nn.Linear(shape[0], shape[1], bias=m.bias is not None)
     raise TypeError(f"cannot resize a {type(m).__name__}")

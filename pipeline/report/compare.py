@@ -75,39 +75,59 @@ def _rows(runs: list[Path], loaded: list[tuple[dict, dict | None]]) -> list[dict
     for run, (r, preds) in zip(runs, loaded, strict=True):
         for name, a in r["artefacts"].items():
             row = {
-                "run": r["run"], "folder": str(run), "method": r["model"]["method"],
-                "artefact": name, "top1": a["top1"], "p50_ms": a["latency_ms"]["p50"],
-                "p90_ms": a["latency_ms"]["p90"], "images_per_s": a["throughput"]["images_per_s"],
-                "bytes": a.get("bytes"), "test_samples": r.get("test_samples"),
-            }  # fmt: skip
+                "run": r["run"],
+                "folder": str(run),
+                "method": r["model"]["method"],
+                "artefact": name,
+                "top1": a["top1"],
+                "p50_ms": a["latency_ms"]["p50"],
+                "p90_ms": a["latency_ms"]["p90"],
+                "images_per_s": a["throughput"]["images_per_s"],
+                "bytes": a.get("bytes"),
+                "test_samples": r.get("test_samples"),
+            }
             ref = base_report["artefacts"].get(name)
             if ref is not None and run != runs[0]:
                 ca, cb = _correct(base_preds, name), _correct(preds, name)
                 same_images = (
-                    ca is not None and cb is not None and base_preds["labels"].shape == preds["labels"].shape
+                    ca is not None
+                    and cb is not None
+                    and base_preds["labels"].shape == preds["labels"].shape
                     and bool((base_preds["labels"] == preds["labels"]).all())
-                )  # fmt: skip
+                )
                 diff, half = top1_difference(
-                    ref["top1"], a["top1"], base_report.get("test_samples") or 0,
-                    r.get("test_samples") or 0, (ca, cb) if same_images else None,
-                )  # fmt: skip
+                    ref["top1"],
+                    a["top1"],
+                    base_report.get("test_samples") or 0,
+                    r.get("test_samples") or 0,
+                    (ca, cb) if same_images else None,
+                )
                 lat = ref["latency_ms"]
                 noise = max(lat["p90"] - lat["p50"], row["p90_ms"] - row["p50_ms"])
                 row |= {
-                    "top1_diff": diff, "top1_diff_ci95": half, "paired": same_images,
+                    "top1_diff": diff,
+                    "top1_diff_ci95": half,
+                    "paired": same_images,
                     "top1_measured": abs(diff) > half,
                     "p50_diff_ms": row["p50_ms"] - lat["p50"],
                     "same_cost": cost(r) == cost(base_report) and None not in cost(r),
                     "p50_measured": abs(row["p50_ms"] - lat["p50"]) > noise
                     and cost(r) != cost(base_report),
-                }  # fmt: skip
+                }
             rows.append(row)
     return rows
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    cells = [row["run"], row["method"], row["artefact"], f.pct(row["top1"]), f.ms(row["p50_ms"]),
-             f.per_s(row["images_per_s"]), f.size(row["bytes"])]  # fmt: skip
+    cells = [
+        row["run"],
+        row["method"],
+        row["artefact"],
+        f.pct(row["top1"]),
+        f.ms(row["p50_ms"]),
+        f.per_s(row["images_per_s"]),
+        f.size(row["bytes"]),
+    ]
     if "top1_diff" not in row:
         return [*cells, "reference", "reference"]
     d = f"{100 * row['top1_diff']:+.2f} pts (±{100 * row['top1_diff_ci95']:.2f})"
@@ -133,8 +153,17 @@ def compare(runs: list[Path], out: Path) -> Path:
     fig = accuracy_latency_figure(
         points, out / "accuracy_latency.png", "top-1 against latency, all runs"
     )
-    header = ["run", "method", "artefact", "top-1", "p50 ms", "images/s", "size",
-              f"top-1 vs {rows[0]['run']} (95% interval)", "p50 vs the same"]  # fmt: skip
+    header = [
+        "run",
+        "method",
+        "artefact",
+        "top-1",
+        "p50 ms",
+        "images/s",
+        "size",
+        f"top-1 vs {rows[0]['run']} (95% interval)",
+        "p50 vs the same",
+    ]
     doc = Document(
         f"Comparison of {len(runs)} runs",
         [
@@ -155,7 +184,7 @@ def compare(runs: list[Path], out: Path) -> Path:
                     )
                 ],
             ),
-        ],  # fmt: skip
+        ],
     )
     write_json_atomic(out / "compare.json", {"runs": [str(r) for r in runs], "rows": rows})
     write_text_atomic(out / "compare.md", to_markdown(doc))

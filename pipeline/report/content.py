@@ -106,13 +106,30 @@ def _artefacts(r: dict[str, Any], figures: dict[str, str]) -> Section:
     rows = []
     for name, a in r["artefacts"].items():
         lat, th = a["latency_ms"], a["throughput"]
-        rows.append([
-            name, a["backend"], f.pct(a["top1"]), f.ms(lat["p50"]), f.ms(lat["p90"]),
-            f.ms(lat["p99"]), f"{f.per_s(th['images_per_s'])} (batch {th['batch']})",
-            f.speedup(ref, lat["p50"]), f.size(a["bytes"]),
-        ])  # fmt: skip
-    header = ["artefact", "back end", "top-1", "p50 ms", "p90 ms", "p99 ms", "images/s",
-              "speed-up vs torch FP32 (p50)", "size"]  # fmt: skip
+        rows.append(
+            [
+                name,
+                a["backend"],
+                f.pct(a["top1"]),
+                f.ms(lat["p50"]),
+                f.ms(lat["p90"]),
+                f.ms(lat["p99"]),
+                f"{f.per_s(th['images_per_s'])} (batch {th['batch']})",
+                f.speedup(ref, lat["p50"]),
+                f.size(a["bytes"]),
+            ]
+        )
+    header = [
+        "artefact",
+        "back end",
+        "top-1",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "images/s",
+        "speed-up vs torch FP32 (p50)",
+        "size",
+    ]
     blocks: list = [
         f"Test split ({f.count(r.get('test_samples'))} images), {r['threads']} CPU threads"
         + (f", GPU {r.get('environment', {}).get('device', '?')} for the GPU rows" if gpu else "")
@@ -126,11 +143,18 @@ def _artefacts(r: dict[str, Any], figures: dict[str, str]) -> Section:
             Table(["back end", "skipped because"], [[k, v] for k, v in skipped.items()]),
         ]
     if "accuracy_latency" in figures:
-        blocks.append(Figure(figures["accuracy_latency"], "Top-1 against batch-1 latency for "
-                             "every artefact; the dashed line joins the points no other beats "
-                             "on both."))  # fmt: skip
-    gates = [[g["gate"], f"{g['value']:.4f}", str(g["limit"]),
-              "pass" if g["passed"] else "**FAIL**"] for g in r["gates"]]  # fmt: skip
+        blocks.append(
+            Figure(
+                figures["accuracy_latency"],
+                "Top-1 against batch-1 latency for "
+                "every artefact; the dashed line joins the points no other beats "
+                "on both.",
+            )
+        )
+    gates = [
+        [g["gate"], f"{g['value']:.4f}", str(g["limit"]), "pass" if g["passed"] else "**FAIL**"]
+        for g in r["gates"]
+    ]
     blocks += ["Gates:", Table(["gate", "measured", "limit", "result"], gates)]
     return Section("Artefacts and gates", blocks)
 
@@ -141,30 +165,61 @@ def _sweep(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
     for name, a in r["artefacts"].items():
         for p in a.get("sweep", []):
             base = ref.get((p["threads"], p["batch"]))
-            rows.append([
-                name, str(p["threads"]), str(p["batch"]), f.ms(p["p50"]), f.ms(p["p90"]),
-                f.ms(p["p99"]), f.per_s(p["images_per_s"]),
-                f.speedup(base["mean"], p["mean"]) if base else "n/a", str(p["runs"]),
-            ])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    str(p["threads"]),
+                    str(p["batch"]),
+                    f.ms(p["p50"]),
+                    f.ms(p["p90"]),
+                    f.ms(p["p99"]),
+                    f.per_s(p["images_per_s"]),
+                    f.speedup(base["mean"], p["mean"]) if base else "n/a",
+                    str(p["runs"]),
+                ]
+            )
     if not rows:
         return None
-    header = ["artefact", "threads", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s",
-              "speed-up vs torch FP32", "timed calls"]  # fmt: skip
+    header = [
+        "artefact",
+        "threads",
+        "batch",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "images/s",
+        "speed-up vs torch FP32",
+        "timed calls",
+    ]
     blocks: list = [r.get("timing", ""), Table(header, rows)]
     if "latency_batch" in figures:
-        blocks.append(Figure(figures["latency_batch"], "Latency per call and images/s against "
-                             "batch size, per artefact and thread count."))  # fmt: skip
+        blocks.append(
+            Figure(
+                figures["latency_batch"],
+                "Latency per call and images/s against batch size, per artefact and thread count.",
+            )
+        )
     return Section("Latency against batch size and threads", blocks)
 
 
 def _classes(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
     blocks: list = []
     if "confusion" in figures:
-        blocks.append(Figure(figures["confusion"], "Confusion matrix and per-class top-1 of "
-                             "the torch FP32 classifier on the test split."))  # fmt: skip
+        blocks.append(
+            Figure(
+                figures["confusion"],
+                "Confusion matrix and per-class top-1 of "
+                "the torch FP32 classifier on the test split.",
+            )
+        )
     if "mistakes" in figures:
-        blocks.append(Figure(figures["mistakes"], "The most confident mistakes (torch FP32): "
-                             "true label, predicted label and its probability."))  # fmt: skip
+        blocks.append(
+            Figure(
+                figures["mistakes"],
+                "The most confident mistakes (torch FP32): "
+                "true label, predicted label and its probability.",
+            )
+        )
     return Section("Per class and mistakes", blocks) if blocks else None
 
 
@@ -190,8 +245,12 @@ def _training(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
     blocks: list = [text]
     blocks += [f"**Warning:** {w}." for w in t.get("warnings", [])]
     if "training" in figures:
-        blocks.append(Figure(figures["training"], "Training loss and its terms, top-1 and the "
-                             "learning rate per epoch."))  # fmt: skip
+        blocks.append(
+            Figure(
+                figures["training"],
+                "Training loss and its terms, top-1 and the learning rate per epoch.",
+            )
+        )
     return Section("Training", blocks)
 
 
@@ -205,12 +264,20 @@ def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
         else "nothing removed"
     )
     rows = [
-        ["training model", f.count(p["params_training"]), f.count(p["macs_training"]),
-         f.ms(p["latency_training_ms"]["p50"])],
-        ["deployed classifier", f.count(p["params_deployed"]), f.count(p["macs_deployed"]),
-         f.ms(p["latency_deployed_ms"]["p50"])],
+        [
+            "training model",
+            f.count(p["params_training"]),
+            f.count(p["macs_training"]),
+            f.ms(p["latency_training_ms"]["p50"]),
+        ],
+        [
+            "deployed classifier",
+            f.count(p["params_deployed"]),
+            f.count(p["macs_deployed"]),
+            f.ms(p["latency_deployed_ms"]["p50"]),
+        ],
         ["removed branches", f.count(p["params_removed"]), f.count(p["macs_removed"]), saving],
-    ]  # fmt: skip
+    ]
     blocks: list = [
         f"The deployed classifier against the training model on {f.count(par['samples'])} test "
         f"images: max |logit difference| {par['max_abs_diff']:.3g}, top-1 agreement "
@@ -219,9 +286,14 @@ def _prune(r: dict[str, Any], figures: dict[str, str]) -> Section:
         Table(["", "parameters", "MACs / image", "torch p50 ms (batch 1)"], rows),
     ]
     for key in sorted(k for k in figures if k.startswith("attention")):
-        blocks.append(Figure(figures[key], f"What the self-teacher taught ({key.replace('_', ' ')}): "
-                             "image, classifier attention, self-teacher attention, foreground "
-                             "mask as trained."))  # fmt: skip
+        blocks.append(
+            Figure(
+                figures[key],
+                f"What the self-teacher taught ({key.replace('_', ' ')}): "
+                "image, classifier attention, self-teacher attention, foreground "
+                "mask as trained.",
+            )
+        )
     branch = "shallow heads" if r["model"].get("method") == "byot" else "self-teacher"
     return Section(f"Removing the {branch}", blocks)
 
@@ -237,14 +309,28 @@ def _compression(r: dict[str, Any]) -> Section | None:
         m = c[who]
         for prec in ("fp32", "int8"):
             a = m[prec]
-            rows.append([
-                f"{label} {prec.upper()}", f.count(m["params"]), f.count(m["macs"]),
-                f.size(a["onnx_bytes"]), f.pct(a["top1"]), f.ms(a["latency_ms"]["p50"]),
-                f"{f.per_s(a['throughput']['images_per_s'])} (batch {a['throughput']['batch']})",
-                f.speedup(ref, a["latency_ms"]["p50"]),
-            ])  # fmt: skip
-    header = ["classifier", "parameters", "MACs / image", "ONNX size", "top-1", "p50 ms (batch 1)",
-              "images/s", "speed-up vs unpruned FP32"]  # fmt: skip
+            rows.append(
+                [
+                    f"{label} {prec.upper()}",
+                    f.count(m["params"]),
+                    f.count(m["macs"]),
+                    f.size(a["onnx_bytes"]),
+                    f.pct(a["top1"]),
+                    f.ms(a["latency_ms"]["p50"]),
+                    f"{f.per_s(a['throughput']['images_per_s'])} (batch {a['throughput']['batch']})",
+                    f.speedup(ref, a["latency_ms"]["p50"]),
+                ]
+            )
+    header = [
+        "classifier",
+        "parameters",
+        "MACs / image",
+        "ONNX size",
+        "top-1",
+        "p50 ms (batch 1)",
+        "images/s",
+        "speed-up vs unpruned FP32",
+    ]
     recovered = (
         f"recovered by `{sl['recovery_method']}` fine-tuning for {rec['epochs']} epochs "
         f"({rec['train_s']:.0f} s)"
@@ -264,14 +350,24 @@ def _export(r: dict[str, Any]) -> Section | None:
     if not r["export"]:
         return None
     made = {k: e for k, e in r["export"].items() if isinstance(e, dict) and "parity" in e}
-    rows = [[name, f"{e['parity']['max_abs_diff']:.3g}", f.pct(e["parity"]["top1_agreement"]),
-             f.count(e["parity"]["samples"])] for name, e in made.items()]  # fmt: skip
+    rows = [
+        [
+            name,
+            f"{e['parity']['max_abs_diff']:.3g}",
+            f.pct(e["parity"]["top1_agreement"]),
+            f.count(e["parity"]["samples"]),
+        ]
+        for name, e in made.items()
+    ]
     blocks: list = [
         "Each exported model against the torch classifier on the same test images.",
         Table(["artefact", "max abs logit diff", "top-1 agreement", "images"], rows),
     ]
-    quant = [[k, f"{e['quantization']['weight_bits']}-bit", e["quantization"]["weight_bits_why"]]
-             for k, e in made.items() if isinstance(e.get("quantization"), dict)]  # fmt: skip
+    quant = [
+        [k, f"{e['quantization']['weight_bits']}-bit", e["quantization"]["weight_bits_why"]]
+        for k, e in made.items()
+        if isinstance(e.get("quantization"), dict)
+    ]
     if quant:
         blocks.append(Table(["INT8 model", "weights", "why"], quant))
     skipped = r["export"].get("skipped", {})
@@ -282,15 +378,30 @@ def _export(r: dict[str, Any]) -> Section | None:
 
 def _environment(r: dict[str, Any]) -> Section:
     env = r.get("environment", {})
-    keys = ["cpu_model", "cpu_count", "device", "platform", "python", "torch", "torchvision",
-            "onnx", "onnxruntime", "onnxruntime-gpu", "accelerate", "tensorrt"]  # fmt: skip
+    keys = [
+        "cpu_model",
+        "cpu_count",
+        "device",
+        "platform",
+        "python",
+        "torch",
+        "torchvision",
+        "onnx",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "accelerate",
+        "tensorrt",
+    ]
     rows = [[k, str(env[k])] for k in keys if k in env]
     keys_text = ", ".join(f"{s} `{k}`" for s, k in r["stage_keys"].items())
-    return Section("Environment and reproduction", [
-        Table(["", "value"], rows),
-        f"Stage keys: {keys_text}. Every file is listed with its sha256 in its stage's "
-        "`manifest.json`; `python -m pipeline report RUN_DIR` rebuilds this report from them.",
-    ])  # fmt: skip
+    return Section(
+        "Environment and reproduction",
+        [
+            Table(["", "value"], rows),
+            f"Stage keys: {keys_text}. Every file is listed with its sha256 in its stage's "
+            "`manifest.json`; `python -m pipeline report RUN_DIR` rebuilds this report from them.",
+        ],
+    )
 
 
 def build_document(r: dict[str, Any], figures: dict[str, str]) -> Document:

@@ -185,10 +185,17 @@ def confusion_figure(labels, preds, classes: list[str], out: Path) -> Path:
     fig = _figure((side + 4.5, side))
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [side, 4]})
     disp = ConfusionMatrixDisplay.from_predictions(
-        labels, preds, labels=list(range(k)), normalize="true", ax=ax1, colorbar=False,
-        include_values=k <= 20, values_format=".2f", cmap="Blues",
+        labels,
+        preds,
+        labels=list(range(k)),
+        normalize="true",
+        ax=ax1,
+        colorbar=False,
+        include_values=k <= 20,
+        values_format=".2f",
+        cmap="Blues",
         display_labels=classes if k <= 40 else None,
-    )  # fmt: skip
+    )
     disp.ax_.set_title("confusion matrix (rows sum to 1)")
     if k > 40:
         ax1.set_xticks([])
@@ -284,8 +291,15 @@ def accuracy_latency_figure(
     from matplotlib.ticker import FuncFormatter
 
     front = pareto(points)
-    ax.plot([p[1] for p in front], [p[2] for p in front], "--o", color="gray", mfc="none",
-            markersize=11, label="frontier")  # fmt: skip
+    ax.plot(
+        [p[1] for p in front],
+        [p[2] for p in front],
+        "--o",
+        color="gray",
+        mfc="none",
+        markersize=11,
+        label="frontier",
+    )
     ax.set(xscale="log", xlabel="batch-1 p50 latency, ms (log)", ylabel="top-1 (test)", title=title)
     plain = FuncFormatter(lambda v, _: f"{v:g}")
     ax.xaxis.set_major_formatter(plain)

@@ -93,9 +93,16 @@ def attention_figures(
     preset = spec.preset
     for stage in sorted({1, n_stages - 1}):
         save_attention_figure(
-            wrapper, images, None, out_dir / f"attention_stage{stage + 1}.png",
-            preset.mean, preset.std, stage=stage, mask=distill.mask, kappa=distill.kappa,
-        )  # fmt: skip
+            wrapper,
+            images,
+            None,
+            out_dir / f"attention_stage{stage + 1}.png",
+            preset.mean,
+            preset.std,
+            stage=stage,
+            mask=distill.mask,
+            kappa=distill.kappa,
+        )
 
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:

@@ -249,9 +249,16 @@ def loaders(
         from pipeline.data.device import DeviceBatches
 
         train = DeviceBatches(
-            bundle.train, bundle.preset, plan.per_process, device, seed=t.seed, rank=rank,
-            world=plan.processes, index=index, pair=pair,
-        )  # fmt: skip
+            bundle.train,
+            bundle.preset,
+            plan.per_process,
+            device,
+            seed=t.seed,
+            rank=rank,
+            world=plan.processes,
+            index=index,
+            pair=pair,
+        )
         return train, *evals
     train_set = bundle.train
     if index or pair:

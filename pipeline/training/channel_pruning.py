@@ -183,12 +183,17 @@ def prune_channels(
     with warnings.catch_warnings(), _layer_named(wrapper, "trace the network"):
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
         pruner = tp.pruner.MetaPruner(
-            wrapper, one, importance=importance(slim.importance),
-            global_pruning=slim.allocation == "global", pruning_ratio=target_ratio,
-            max_pruning_ratio=slim.max_layer_ratio, iterative_steps=steps,
-            ignored_layers=_ignored(wrapper, slim.exclude), round_to=slim.round_to,
+            wrapper,
+            one,
+            importance=importance(slim.importance),
+            global_pruning=slim.allocation == "global",
+            pruning_ratio=target_ratio,
+            max_pruning_ratio=slim.max_layer_ratio,
+            iterative_steps=steps,
+            ignored_layers=_ignored(wrapper, slim.exclude),
+            round_to=slim.round_to,
             output_transform=_output,
-        )  # fmt: skip
+        )
     for i in range(1, steps + 1):
         if slim.importance == "taylor":
             _taylor_gradients(wrapper, batches)

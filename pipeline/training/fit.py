@@ -136,10 +136,16 @@ def _build(
         model = model.to(memory_format=torch.channels_last)
     on_device = accel.train_on_device(cfg.data.on_device, bundle, acc.device)
     loaders = accel.loaders(
-        bundle, t, plan, cfg.data.num_workers, on_gpu=acc.device.type == "cuda",
-        index=method.needs_index, pair=method.needs_pair,
-        device=acc.device if on_device else None, rank=acc.process_index,
-    )  # fmt: skip
+        bundle,
+        t,
+        plan,
+        cfg.data.num_workers,
+        on_gpu=acc.device.type == "cuda",
+        index=method.needs_index,
+        pair=method.needs_pair,
+        device=acc.device if on_device else None,
+        rank=acc.process_index,
+    )
     method.attach(len(bundle.train), acc.device)
     optimizer = make_optimizer(model, t)
     if t.compile:
@@ -154,14 +160,26 @@ def _build(
     scheduler = acc.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, ticks)))
     log.info("training batches: %s", "made on the device" if on_device else "DataLoader")
     bar = tqdm(
-        total=t.epochs * len(loaders[0]), desc=f"train {t.method}", disable=not acc.is_main_process,
-        mininterval=1.0, unit="step",
-    )  # fmt: skip
+        total=t.epochs * len(loaders[0]),
+        desc=f"train {t.method}",
+        disable=not acc.is_main_process,
+        mininterval=1.0,
+        unit="step",
+    )
     return Trainer(
-        model=model, method=method, optimizer=optimizer, scheduler=scheduler, accelerator=acc, cfg=t,
-        checkpointer=Checkpointer(acc, work, t.keep_checkpoints, method), state=TrainerState(), stop=StopFlag(), bar=bar,
-        loaders=tuple(loaders), channels_last=channels_last,
-    )  # fmt: skip
+        model=model,
+        method=method,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        accelerator=acc,
+        cfg=t,
+        checkpointer=Checkpointer(acc, work, t.keep_checkpoints, method),
+        state=TrainerState(),
+        stop=StopFlag(),
+        bar=bar,
+        loaders=tuple(loaders),
+        channels_last=channels_last,
+    )
 
 
 def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
@@ -192,9 +210,14 @@ def _end_of_epoch(tr: Trainer, stats: dict, val_loader, has_val: bool, metrics_p
     if acc.is_main_process:
         _write_outputs_guarded(metrics_path, lambda: _append_line(metrics_path, json.dumps(row)))
         log.info(
-            "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s", epoch, t.epochs, row["loss"],
-            row["train_top1"], f"{val['top1']:.3f}" if "top1" in val else "-", row["images_per_s"],
-        )  # fmt: skip
+            "epoch %d/%d loss %.4f train %.3f val %s %.0f img/s",
+            epoch,
+            t.epochs,
+            row["loss"],
+            row["train_top1"],
+            f"{val['top1']:.3f}" if "top1" in val else "-",
+            row["images_per_s"],
+        )
         warning = stall_warning(row, tr.method.num_classes)
         if warning:
             log.warning("%s", warning)
@@ -328,9 +351,14 @@ def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: 
     model = getattr(model, "_orig_mod", model)  # under torch.compile: the module it compiled
     try:
         est = check_head(
-            model, tr.method, bundle.train, t, scaled_lr(t),
-            tr.accelerator.device, tr.channels_last,
-        )  # fmt: skip
+            model,
+            tr.method,
+            bundle.train,
+            t,
+            scaled_lr(t),
+            tr.accelerator.device,
+            tr.channels_last,
+        )
     except Exception as e:  # a diagnostic: a model or method it cannot read must not stop training
         log.warning("head-stability check skipped: %s: %s", type(e).__name__, e)
         return
@@ -338,8 +366,11 @@ def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: 
     record = {**est.to_dict(), "warning": head_warning(est, t.lr, kl_from_start=kl_from_start)}
     log.info(
         "classifier head at the initial weights: sharpness %.1f, lr x sharpness %.2f, "
-        "stability limit %.2f", est.sharpness, est.lr * est.sharpness, est.limit,
-    )  # fmt: skip
+        "stability limit %.2f",
+        est.sharpness,
+        est.lr * est.sharpness,
+        est.limit,
+    )
     if record["warning"]:
         log.warning("%s", record["warning"])
     _write_outputs_guarded(path, lambda: write_json_atomic(path, record))

@@ -29,11 +29,19 @@ def launch_command(
     processes: int, work: Path, config: Path, start: Path | None = None
 ) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc_per_node={processes}",
-        "-m", "pipeline.training.worker", "--config", str(config), "--work", str(work),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "pipeline.training.worker",
+        "--config",
+        str(config),
+        "--work",
+        str(work),
         *(["--start", str(start)] if start is not None else []),
-    ]  # fmt: skip
+    ]
 
 
 def _child_env() -> dict[str, str]:
