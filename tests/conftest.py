@@ -82,9 +82,9 @@ TINY = [
     "validate.latency.throughput_batch=8",
     "validate.latency.throughput_iters=2",
     "validate.gates.min_top1=0.0",
-    # A one- or two-epoch width-0.125 model's INT8 top-1 moves by points between torch
-    # releases; the gates' logic is tested with set numbers in tests/pipeline/stages.
-    "validate.gates.max_top1_drop_int8=1.0",
+    # validate.gates.max_top1_drop_int8 stays the library's 2 points: the tiny runs of the
+    # suite drop 0.6 points at most (2 of 359 test images, the slimmed run; 1 image for the
+    # others). The gates' logic is tested with set numbers in tests/pipeline/stages.
     "validate.sweep.batch_sizes=[1, 4]",
     "validate.sweep.threads=[1]",
     "validate.sweep.min_runs=5",

@@ -143,20 +143,17 @@ def test_the_server_runs_an_engine_through_the_engine_back_end(tmp_path, tiny_mo
             made.append((path, need_metadata))
             super().__init__(tiny_model)
 
-        @property
-        def providers(self):
-            return ["TensorRT 11.4.0"]
-
     monkeypatch.setattr(p, "TrtPredictor", StandIn)
     engine = fake_engine(tmp_path / "model.fp16.engine")
     c = TestClient(create_app(engine, model_name="tiny"))
     assert made == [(engine, True)]
     meta = c.get("/v2/models/tiny").json()
-    assert meta["platform"] == "tensorrt_plan"
     assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, SIZE, SIZE]}]
     info = c.get("/v1/model").json()
-    assert info["platform"] == "tensorrt_plan" and info["providers"] == ["TensorRT 11.4.0"]
-    x = np.zeros((2, 3, SIZE, SIZE), np.float32)
+    assert info["file"] == engine.name and info["classes"] == CLASSES
+    assert info["input"]["size"] == SIZE and info["input"]["std"] == [0.25] * 3
+    # every request goes through the engine back end and its logits come back unchanged
+    x = np.random.default_rng(0).standard_normal((2, 3, SIZE, SIZE)).astype(np.float32)
     body = {
         "inputs": [
             {
@@ -169,6 +166,9 @@ def test_the_server_runs_an_engine_through_the_engine_back_end(tmp_path, tiny_mo
     }
     out = c.post("/v2/models/tiny/infer", content=json.dumps(body)).json()
     assert out["outputs"][0]["name"] == "logits" and out["outputs"][0]["shape"] == [2, 4]
+    served = np.asarray(out["outputs"][0]["data"], np.float32).reshape(2, 4)
+    np.testing.assert_allclose(served, p.OrtPredictor(tiny_model).run(x), rtol=1e-5, atol=1e-5)
+    assert len(made) == 1  # the server loaded the engine once, then only ran it
 
 
 # ---------------------------------------------------------------- ONNX Runtime GPU providers

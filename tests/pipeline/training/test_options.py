@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import math
 
 import pytest
 import torch
@@ -40,9 +41,9 @@ def test_bf16_accumulation_clipping_channels_last_train_on_cpu(tiny_overrides):
         "model.width=0.25",  # 16+ channels: see test_channels_last_resolution
     ]
     cfg, m = _train(tiny_overrides, extra)
-    assert m.complete and m.metrics["final_loss"] == pytest.approx(
-        m.metrics["final_loss"]
-    )  # finite
+    # the epoch's mean loss per image, finite and not scaled by the accumulation: one epoch of
+    # a fresh 10-class classifier stays near CE at chance, ln 10 = 2.30 (measured 2.39)
+    assert m.complete and abs(m.metrics["final_loss"] - math.log(10)) < 0.5
     # 120 images / micro-batch 8 = 15 batches -> 8 optimizer steps with accumulation 2
     assert m.extra["checkpoint"]["step"] == 8 and m.extra["checkpoint"]["batch"] == 0
 
@@ -85,8 +86,18 @@ def test_validation_runs_every_n_epochs_and_after_the_last(tiny_overrides, every
 def test_training_without_any_checkpoint_completes(tiny_overrides):
     """With epoch and step checkpoints off, no checkpoints/ folder exists when the result is
     written there."""
-    _, m = _train(tiny_overrides, ["train.checkpoint_every_epochs=null"])
-    assert m.complete and m.metrics["test_top1"] >= 0.0
+    cfg, m = _train(tiny_overrides, ["train.checkpoint_every_epochs=null"])
+    assert m.complete
+    # the reported test top-1 is the saved classifier's, recomputed here on the test split
+    from pipeline.data import build_data
+    from pipeline.stages.slim import deployable
+
+    model = deployable(m.folder, cfg.train.distill)
+    test = build_data(cfg.data).test
+    with torch.no_grad():
+        pred = model(test.stack()).argmax(1)
+    top1 = (pred == torch.as_tensor(test.labels)).double().mean().item()
+    assert m.metrics["test_top1"] == pytest.approx(top1, abs=1e-9)
 
 
 def _no_head_check(monkeypatch) -> None:
