@@ -110,10 +110,21 @@ def test_paired_gain_t_interval_matches_the_table_values(methods):
     assert one["mean"] == pytest.approx(0.1) and one["low"] is None and not one["excludes_zero"]
     assert methods.paired_gain({0: 0.6}, {1: 0.5}) is None
     md = methods.markdown(
-        [{"variant": "ama", "seeds": 4, "per_seed": {0: 0.42}, "mean": 0.5, "std": 0.0,
-          "epoch_s": 1.0, "epoch_ratio_vs_ce": None, "gains": {"ce": narrow, "ls": wide}}],
-        "#", ["ce", "ls"],
-    )  # fmt: skip
+        [
+            {
+                "variant": "ama",
+                "seeds": 4,
+                "per_seed": {0: 0.42},
+                "mean": 0.5,
+                "std": 0.0,
+                "epoch_s": 1.0,
+                "epoch_ratio_vs_ce": None,
+                "gains": {"ce": narrow, "ls": wide},
+            }
+        ],
+        "#",
+        ["ce", "ls"],
+    )
     assert "| ama | **+3.00 [+1.70, +4.30]** | +2.00 [-0.48, +4.48] |" in md
 
 
@@ -138,10 +149,28 @@ def test_side_by_side_jobs_write_tables_and_reuse_finished_runs(methods, tmp_pat
 
     out = tmp_path / "bench"
     argv = [
-        "--data", "digits", "--width", "0.125", "--epochs", "1", "--batch", "32",
-        "--methods", "ce", "ls", "--seeds", "0", "--jobs", "2", "--out", str(out),
-        "--set", "data.max_per_class=10", "--set", "train.checkpoint_every_epochs=null",
-    ]  # fmt: skip
+        "--data",
+        "digits",
+        "--width",
+        "0.125",
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--methods",
+        "ce",
+        "ls",
+        "--seeds",
+        "0",
+        "--jobs",
+        "2",
+        "--out",
+        str(out),
+        "--set",
+        "data.max_per_class=10",
+        "--set",
+        "train.checkpoint_every_epochs=null",
+    ]
     assert methods.main(argv) == 0
     manifests = sorted(out.glob("runs/*/01_train/manifest.json"))
     assert [p.parts[-3] for p in manifests] == ["ce-s0", "ls-s0"]
@@ -222,8 +251,11 @@ def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):
     out = tmp_path / "gpu.json"
     res = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert "no CUDA GPU" in data["skipped"]["everything"] and "skipped everything" in res.stdout
@@ -249,8 +281,24 @@ def test_early_steps_writes_the_head_check_then_one_line_per_step_and_repeats(tm
     rows = []
     for run in ("a", "b"):
         out = tmp_path / "new" / f"{run}.jsonl"  # a folder that is not there yet
-        args = ["--root", str(root), "--method", "ama", "--width", "0.125", "--batch", "4",
-                "--steps", "3", "--warmup", "2", "--set", "alpha=0", "--out", str(out)]  # fmt: skip
+        args = [
+            "--root",
+            str(root),
+            "--method",
+            "ama",
+            "--width",
+            "0.125",
+            "--batch",
+            "4",
+            "--steps",
+            "3",
+            "--warmup",
+            "2",
+            "--set",
+            "alpha=0",
+            "--out",
+            str(out),
+        ]
         assert early.main(args) == 0
         rows.append([json.loads(line) for line in out.read_text().splitlines()])
     head, *steps = rows[0]
@@ -281,8 +329,20 @@ def test_early_steps_count_epochs_so_a_kl_warm_up_ramps_over_them(tmp_path):
     runs = {}
     for name, sets in (("ramp", ["alpha=2", "kd_warmup_epochs=1"]), ("zero", ["alpha=0"])):
         out = tmp_path / f"{name}.jsonl"
-        args = ["--root", str(root), "--method", "frskd", "--width", "0.125", "--batch", "4",
-                "--steps", "4", "--out", str(out)]  # fmt: skip
+        args = [
+            "--root",
+            str(root),
+            "--method",
+            "frskd",
+            "--width",
+            "0.125",
+            "--batch",
+            "4",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+        ]
         assert early.main([*args, *sum((["--set", s] for s in sets), [])]) == 0
         runs[name] = [json.loads(line) for line in out.read_text().splitlines()[1:]]
     ramp, zero = runs["ramp"], runs["zero"]

@@ -18,16 +18,27 @@ def _row(ratio, method, seed, top1, p50, ref_p50=2.0, ref_top1=0.80):
         return {"top1": t, "latency_ms": {"p50": ms}, "throughput": {"images_per_s": 1000 / ms}}
 
     return {
-        "ratio": ratio, "method": method, "seed": seed, "recovery": {"train_s": 1.0},
+        "ratio": ratio,
+        "method": method,
+        "seed": seed,
+        "recovery": {"train_s": 1.0},
         "compression": {
-            "unpruned": {"params": 100, "macs": 1000, "fp32": m(ref_top1, ref_p50),
-                         "int8": m(ref_top1 - 0.01, ref_p50 / 4)},
+            "unpruned": {
+                "params": 100,
+                "macs": 1000,
+                "fp32": m(ref_top1, ref_p50),
+                "int8": m(ref_top1 - 0.01, ref_p50 / 4),
+            },
             "slim": {"params": 40, "macs": 250, "fp32": m(top1, p50), "int8": m(top1, p50 / 4)},
-            "speedup_batch1": {"unpruned_int8": 4.0, "slim_fp32": ref_p50 / p50,
-                               "slim_int8": ref_p50 / (p50 / 4)},
-            "top1_change_fp32": top1 - ref_top1, "top1_change_int8": top1 - ref_top1,
+            "speedup_batch1": {
+                "unpruned_int8": 4.0,
+                "slim_fp32": ref_p50 / p50,
+                "slim_int8": ref_p50 / (p50 / 4),
+            },
+            "top1_change_fp32": top1 - ref_top1,
+            "top1_change_int8": top1 - ref_top1,
         },
-    }  # fmt: skip
+    }
 
 
 def test_table_gain_and_best_point(sweep, tmp_path):
@@ -66,8 +77,21 @@ def test_sweep_runs_points_through_the_slim_stage_and_resumes(sweep, tiny_overri
     cfg = load_config(None, [*tiny_overrides, "train.epochs=1", "model.width=0.25"])
     run_pipeline(cfg, only="train")
     out = tmp_path / "sweep"
-    argv = [str(cfg.run_path), "--ratios", "0.5", "--methods", "ce", "--seeds", "0",
-            "--set", "slim.epochs=1", "--set", "slim.round_to=4", "--out", str(out)]  # fmt: skip
+    argv = [
+        str(cfg.run_path),
+        "--ratios",
+        "0.5",
+        "--methods",
+        "ce",
+        "--seeds",
+        "0",
+        "--set",
+        "slim.epochs=1",
+        "--set",
+        "slim.round_to=4",
+        "--out",
+        str(out),
+    ]
     assert sweep.main(argv) == 0
     result = json.loads((out / "sweep.json").read_text())
     point = result["points"][1]

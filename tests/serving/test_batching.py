@@ -136,9 +136,11 @@ def test_shapes_never_mix_and_the_worker_outlives_a_failure() -> None:
         small = np.zeros((1, 1, 2, 2), np.float32)
         odd = np.zeros((1, 1, 3, 3), np.float32)
         res = await asyncio.gather(
-            b.submit(small, 5.0), b.submit(odd, 5.0), b.submit(small, 5.0),
+            b.submit(small, 5.0),
+            b.submit(odd, 5.0),
+            b.submit(small, 5.0),
             return_exceptions=True,
-        )  # fmt: skip
+        )
         after = await b.submit(small, 5.0)  # the worker is still there
         await b.close()
         return res, after

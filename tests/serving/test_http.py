@@ -101,11 +101,15 @@ def test_raw_body_and_top_k_capped_at_the_class_count(client):
         ({"files": [("file", ("t.png", _noise_png()[:6000], "image/png"))]}, 400, "corrupt"),
         ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty"),
         ({"json": {"image": "x"}}, 415, "not an image"),
-        ({"files": [("file", (f"{i}.png", _png((i, i, i)), "image/png")) for i in range(4)]}, 413, "over 3"),
+        (
+            {"files": [("file", (f"{i}.png", _png((i, i, i)), "image/png")) for i in range(4)]},
+            413,
+            "over 3",
+        ),
         ({"data": {"note": "hi"}, "files": []}, 415, "not an image"),
         ({"content": b"x" * 200_001, "headers": {"content-type": "image/png"}}, 413, "bytes"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_a_clear_4xx(client, kwargs, status, needle):
     r = client.post("/v1/predict", **kwargs)
     assert r.status_code == status, r.text
@@ -140,8 +144,11 @@ def test_http_benchmark_script_runs(tiny_model):
     repo = REPO
     res = subprocess.run(
         [sys.executable, "benchmarks/serve_http.py", str(tiny_model), "--requests", "3"],
-        cwd=repo, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("batch")]
     assert len(lines) == 2 and all("HTTP/in-process" in ln for ln in lines)

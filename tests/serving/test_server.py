@@ -40,9 +40,13 @@ def live_server(model, **settings):
     s = ServeSettings(port=_free_port(), **settings)
     app = create_app(model, s, load_in_background=True)
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=s.port, log_level="warning",
-        http=header_timeout_protocol(s.header_timeout_s), limit_concurrency=s.max_connections,
-    )  # fmt: skip
+        app,
+        host="127.0.0.1",
+        port=s.port,
+        log_level="warning",
+        http=header_timeout_protocol(s.header_timeout_s),
+        limit_concurrency=s.max_connections,
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -108,8 +112,16 @@ def test_metrics_count_requests_batches_and_readiness(tiny_model) -> None:
     import httpx
 
     with live_server(tiny_model, model_name="tiny") as url:
-        body = {"inputs": [{"name": "input", "shape": [2, 3, SIZE, SIZE], "datatype": "FP32",
-                            "data": _x(2).ravel().tolist()}]}  # fmt: skip
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 3, SIZE, SIZE],
+                    "datatype": "FP32",
+                    "data": _x(2).ravel().tolist(),
+                }
+            ]
+        }
         for _ in range(3):
             r = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=10)
             assert r.status_code == 200, r.text
@@ -190,8 +202,16 @@ def test_overload_answers_503_with_retry_after_and_nothing_else(tiny_model, monk
         max_images=1,
         request_timeout_s=5,
     ) as url:
-        body = {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
-                            "data": _x(1).ravel().tolist()}]}  # fmt: skip
+        body = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 3, SIZE, SIZE],
+                    "datatype": "FP32",
+                    "data": _x(1).ravel().tolist(),
+                }
+            ]
+        }
 
         def one(_):
             r = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=30)
@@ -293,10 +313,24 @@ def test_v2_protocol_errors_are_400_with_the_reason(tiny_model) -> None:
     cases = [
         ({"inputs": []}, "non-empty list"),
         ({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP99", "data": [1]}]}, "FP99"),
-        ({"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
-                      "data": [1.0, 2.0]}]}, "2 values for shape"),
-        ({"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1]}]}, "'input'"),
-    ]  # fmt: skip
+        (
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": [1, 3, SIZE, SIZE],
+                        "datatype": "FP32",
+                        "data": [1.0, 2.0],
+                    }
+                ]
+            },
+            "2 values for shape",
+        ),
+        (
+            {"inputs": [{"name": "pixels", "shape": [1], "datatype": "FP32", "data": [1]}]},
+            "'input'",
+        ),
+    ]
     for body, needle in cases:
         r = c.post("/v2/models/tiny/infer", json=body)
         assert r.status_code == 400 and needle in r.json()["error"], (body, r.text)
@@ -322,11 +356,28 @@ def test_hostile_requests_get_4xx_not_500(tiny_model) -> None:
     assert r.status_code == 400 and "once resized" in r.json()["detail"]
     for body in (
         {"inputs": [{"name": "input", "shape": [1], "datatype": "UINT8", "data": [300]}]},
-        {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP64",
-                     "data": [0.0] * 3 * SIZE * SIZE}]},
-        {"inputs": [{"name": "input", "shape": [1, 3, SIZE, SIZE], "datatype": "FP32",
-                     "data": [0.0] * 3 * SIZE * SIZE}], "outputs": [{"name": "probs"}]},
-    ):  # fmt: skip
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 3, SIZE, SIZE],
+                    "datatype": "FP64",
+                    "data": [0.0] * 3 * SIZE * SIZE,
+                }
+            ]
+        },
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [1, 3, SIZE, SIZE],
+                    "datatype": "FP32",
+                    "data": [0.0] * 3 * SIZE * SIZE,
+                }
+            ],
+            "outputs": [{"name": "probs"}],
+        },
+    ):
         assert c.post("/v2/models/tiny/infer", json=body).status_code == 400, body
     metrics = c.get("/metrics").text
     assert "batch_size_count 0.0" in metrics  # none of them reached the model

@@ -154,9 +154,13 @@ def _self_kd_expected(out: ModelOutput, y: torch.Tensor, *, mix: bool, **o) -> d
     if mix:
         kw = {k: o[k] for k in ("mask", "kappa", "ratio") if k in o}
         l_mix = _l_mix(
-            out.features, out.aux_features, out.aux_logits, y, invert=o.get("ratio_invert", False),
+            out.features,
+            out.aux_features,
+            out.aux_logits,
+            y,
+            invert=o.get("ratio_invert", False),
             **kw,
-        )  # fmt: skip
+        )
         parts["mix"] = o.get("beta_mix", 100.0) * l_mix
     return parts
 

@@ -45,9 +45,15 @@ def two_runs(tmp_path_factory):
     for method in ("ce", "ama"):
         cfg = load_config(
             None,
-            [*TINY, f"run_dir={root}", f"name={method}", f"train.method={method}",
-             "train.epochs=1", "train.distill.mix_warmup_epochs=0"],
-        )  # fmt: skip
+            [
+                *TINY,
+                f"run_dir={root}",
+                f"name={method}",
+                f"train.method={method}",
+                "train.epochs=1",
+                "train.distill.mix_warmup_epochs=0",
+            ],
+        )
         run_pipeline(cfg)
         runs.append(cfg.run_path)
     return runs
@@ -96,8 +102,16 @@ def test_model_card_and_onnx_description(two_runs) -> None:
     _, ama = two_runs
     export = stages.folder(ama, "export")
     card = (export / "MODEL_CARD.md").read_text()
-    for heading in ("Model details", "Intended use", "Training data", "Evaluation data",
-                    "Metrics", "Limitations", "Preprocessing", "Class names"):  # fmt: skip
+    for heading in (
+        "Model details",
+        "Intended use",
+        "Training data",
+        "Evaluation data",
+        "Metrics",
+        "Limitations",
+        "Preprocessing",
+        "Class names",
+    ):
         assert f"## {heading}" in card, heading
     assert "self-teacher was removed" in card and "`digits`" in card
     model = onnx.load(str(export / "model.onnx"), load_external_data=False)

@@ -55,10 +55,16 @@ def test_the_report_shows_the_warnings_in_its_training_section():
     from pipeline.report.content import _training
 
     t = {
-        "epochs": 2, "train_s": 1.0, "images_per_s": 10.0, "device": "cpu", "processes": 1,
-        "train_top1": 0.1, "val_top1": 0.1, "test_top1": 0.1,
+        "epochs": 2,
+        "train_s": 1.0,
+        "images_per_s": 10.0,
+        "device": "cpu",
+        "processes": 1,
+        "train_top1": 0.1,
+        "val_top1": 0.1,
+        "test_top1": 0.1,
         "warnings": ["the classifier's train top-1 was at chance"],
-    }  # fmt: skip
+    }
     section = _training({"training": t}, {})
     assert "**Warning:** the classifier's train top-1 was at chance." in section.blocks
     assert "sharpness" not in section.blocks[0]  # runs from before the check existed
