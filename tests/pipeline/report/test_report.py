@@ -51,7 +51,7 @@ def two_runs(tmp_path_factory):
                 f"name={method}",
                 f"train.method={method}",
                 "train.epochs=1",
-                "train.distill.mix_warmup_epochs=0",
+                *(["train.distill.mix_warmup_epochs=0"] if method == "ama" else []),
             ],
         )
         run_pipeline(cfg)

@@ -90,9 +90,9 @@ def test_training_without_any_checkpoint_completes(tiny_overrides):
     assert m.complete
     # the reported test top-1 is the saved classifier's, recomputed here on the test split
     from pipeline.data import build_data
-    from pipeline.stages.slim import deployable
+    from pipeline.training.slimming import deployable
 
-    model = deployable(m.folder, cfg.train.distill)
+    model = deployable(m.folder)
     test = build_data(cfg.data).test
     with torch.no_grad():
         pred = model(test.stack()).argmax(1)
