@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from pipeline.errors import StageError
 from pipeline.models.spec import ModelSpec
+from serving.predictor import OrtPredictor
 
 log = logging.getLogger("pipeline.export")
 
@@ -50,8 +52,6 @@ def add_metadata(
     path: Path, meta: dict[str, Any], *, doc_string: str = "", model_version: int = 1
 ) -> None:
     """Class names and preprocessing as metadata, a description and a version, then check."""
-    import onnx
-
     model = onnx.load(str(path))
     model.doc_string = doc_string
     model.model_version = model_version
@@ -105,6 +105,4 @@ def parity(run, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128) 
 def ort_parity(
     onnx_path: Path, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128
 ) -> dict:
-    from serving.predictor import OrtPredictor
-
     return parity(OrtPredictor(onnx_path).run, model, images, chunk)

@@ -8,6 +8,9 @@ depthwise and narrow convolutions), uint8 activations with zero points or symmet
 and float biases (the only kinds TensorRT builds), weights in a 7-bit range where the CPU's
 int8 kernels would saturate (`serving/cpu.py` says why), and operators or nodes kept in float.
 The recipe as applied goes into the model's metadata (`quantization`), so a runtime can tell.
+
+onnx and onnxruntime are imported inside the functions that use them: the configuration and
+the stage table import this module (through `export.variants`), and `check` stays free of them.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+import serving.cpu
 
 
 class _Batches:
@@ -99,10 +104,8 @@ def quantize_int8(src: Path, dst: Path, calibration: np.ndarray, recipe=None) ->
 
 def resolve_reduce_range(setting: str | bool) -> tuple[bool, str]:
     """`export.int8.reduce_range` as a decision, with the reason: auto follows this CPU."""
-    from serving.cpu import int8_saturates
-
     if setting == "auto":
-        saturates, cpu = int8_saturates()
+        saturates, cpu = serving.cpu.int8_saturates()
         return saturates, f"auto; the exporting CPU: {cpu}"
     return bool(setting), f"export.int8.reduce_range={str(bool(setting)).lower()}"
 

@@ -1,5 +1,5 @@
 """The registry of export variants: models made from the FP32 ONNX export, by the names
-`export.formats` takes. Each entry names its file and its builder (imported when used).
+`export.formats` takes. Each entry names its file and its builder (the TensorRT one imported when used).
 
 The `tensorrt_*` variants are engines built on the machine that runs the export: on one
 without a CUDA GPU or TensorRT their builder raises GpuUnavailable and the export stage
@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from export.quantize import convert_fp16, quantize_int8
+from serving.predictor import require_tensorrt
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -24,14 +27,10 @@ class Variant:
 
 
 def _int8(src: Path, dst: Path, calibration: Callable[[], np.ndarray], cfg) -> Path:
-    from export.quantize import quantize_int8
-
     return quantize_int8(src, dst, calibration(), cfg.int8 if cfg is not None else None)
 
 
 def _fp16(src: Path, dst: Path, calibration: Callable[[], np.ndarray], cfg) -> Path:
-    from export.quantize import convert_fp16
-
     return convert_fp16(src, dst)
 
 
@@ -41,18 +40,13 @@ def _engine(precision: str) -> Callable[..., Path]:
     symmetric INT8 Q/DQ model with float biases (the INT8 recipe otherwise as configured)."""
 
     def build(src: Path, dst: Path, calibration: Callable[[], np.ndarray], cfg) -> Path:
-        from export.tensorrt import Profile, build_engine
-        from serving.predictor import require_tensorrt
+        from export.tensorrt import Profile, build_engine  # loads onnx: keeps it out of `check`
 
         require_tensorrt()  # before any file is made
         graph = src
         if precision == "fp16":
-            from export.quantize import convert_fp16
-
             graph = convert_fp16(src, dst.with_name("model.fp16.tensorrt.onnx"))
         elif precision == "int8":
-            from export.quantize import quantize_int8
-
             # GPU int8 accumulates in int32: the CPU's 7-bit weight range would only cost precision.
             recipe = cfg.int8.model_copy(
                 update={"activations": "symmetric", "bias": "float", "reduce_range": False}

@@ -6,6 +6,10 @@ codes come from the error tree (`pipeline.errors`): 0 ok, 1 internal error, 2 ba
 configuration or arguments, 3 a validation gate failed, 4 bad data, 5 a stage failed, 6 export
 parity failed, 7 no GPU or TensorRT for a GPU command, 8 an artefact cannot be trusted,
 9 cannot write, 130 interrupted.
+
+Each command imports the pipeline's libraries inside its function (`pipeline.config`, the
+runner, training and the report load torch; the export builders load onnx), so `--help`,
+`check`, `report`, `compare` and `serve` load only what they use, and `serve` no torch.
 """
 
 from __future__ import annotations
@@ -15,10 +19,16 @@ import json
 import logging
 import shlex
 import sys
+import typing
 from pathlib import Path
 
-from pipeline.errors import INTERRUPTED_EXIT_CODE, PipelineError
+from pipeline.artifacts import storage_errors
+from pipeline.errors import INTERRUPTED_EXIT_CODE, ConfigError, PipelineError
 from pipeline.stages import NAMES as STAGES
+from serving.artefacts import resolve_model, resolve_onnx
+from serving.predictor import load_predictor, require_tensorrt
+from serving.server import serve
+from serving.settings import ServeSettings, load_settings
 
 log = logging.getLogger("pipeline")
 
@@ -109,8 +119,6 @@ def _add_serving_parsers(sub) -> None:
     )
     _add_model_arg(serve, engines=True)
     serve.add_argument("--config", type=Path, default=None, help="YAML of server settings")
-    from serving.settings import ServeSettings
-
     for field, info in ServeSettings.model_fields.items():
         flag = "--" + field.replace("_", "-")
         if field == "providers":
@@ -126,8 +134,6 @@ def _add_serving_parsers(sub) -> None:
 
 def _flag_type(annotation) -> type:
     """int, float or str from a settings field's annotation (`int | None` -> int)."""
-    import typing
-
     args = typing.get_args(annotation) or (annotation,)
     return next((t for t in (int, float, str) if t in args), str)
 
@@ -193,8 +199,6 @@ def _setup_logging(verbose: bool, log_file: Path | None = None) -> None:
         console.addFilter(_HideTracebacks())
     root.addHandler(console)
     if log_file is not None:
-        from pipeline.artifacts import storage_errors
-
         with storage_errors(log_file.parent, kept="nothing was started", what=log_file):
             log_file.parent.mkdir(parents=True, exist_ok=True)
             fh = logging.FileHandler(log_file)
@@ -250,8 +254,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     config = args.run_dir / "config.yaml"
     if not config.is_file():
-        from pipeline.errors import ConfigError
-
         raise ConfigError(f"{args.run_dir} is not a run folder ({config} is missing)")
     write_report(args.run_dir, load_config(config))
     print(args.run_dir / "report.md")
@@ -268,10 +270,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from serving.artefacts import resolve_model
-    from serving.server import serve
-    from serving.settings import ServeSettings, load_settings
-
     overrides = {k: getattr(args, k) for k in ServeSettings.model_fields}
     settings = load_settings(args.config, overrides)
     model = resolve_model(args.model, args.artefact)
@@ -283,14 +281,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _check_model_loads(model: Path, settings) -> None:
     """Fail with the right exit code before binding a port if the model cannot be loaded: an
     engine without TensorRT or a GPU exits 7, one built for another GPU or TensorRT 8."""
-    from serving.predictor import load_predictor
-
     load_predictor(model, threads=1, providers=settings.providers)
 
 
 def _cmd_triton(args: argparse.Namespace) -> int:
     from export.triton import write_repository
-    from serving.artefacts import resolve_model
 
     folder = write_repository(
         resolve_model(args.model, args.artefact),
@@ -312,8 +307,6 @@ def _cmd_triton(args: argparse.Namespace) -> int:
 
 def _cmd_tensorrt(args: argparse.Namespace) -> int:
     from export.tensorrt import build_and_benchmark
-    from serving.artefacts import resolve_onnx
-    from serving.predictor import require_tensorrt
 
     require_tensorrt()  # no GPU or no TensorRT: say so (exit 7) before anything else
     # A strongly typed engine runs in its graph's precision: pick the matching artefact.

@@ -330,7 +330,7 @@ def cpu_model() -> str:
 
 
 def environment() -> dict[str, Any]:
-    import torch
+    import torch  # the server imports this module and must not load torch
 
     env: dict[str, Any] = {
         "cpu_model": cpu_model(),

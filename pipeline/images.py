@@ -10,14 +10,13 @@ image like any other rather than as its own exception type.
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def bad_image_errors() -> tuple[type[BaseException], ...]:
     """What decoding a bad file raises: corrupt, truncated, unknown format or a bomb."""
-    from PIL import Image, UnidentifiedImageError
-
     return (
         OSError,
         UnidentifiedImageError,

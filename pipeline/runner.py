@@ -34,6 +34,7 @@ from pipeline.artifacts import (
     verify_files,
 )
 from pipeline.config import PipelineConfig, dump_config
+from pipeline.data import build_data
 from pipeline.errors import (
     ArtefactError,
     ConfigError,
@@ -42,13 +43,18 @@ from pipeline.errors import (
     RunInUse,
     StageError,
 )
+from pipeline.report import write_report
+from pipeline.training.accel import is_secondary_rank
+
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: no advisory locks to take
+    fcntl = None
 
 log = logging.getLogger("pipeline")
 
 
 def make_context(cfg: PipelineConfig) -> StageContext:
-    from pipeline.data import build_data
-
     return StageContext(cfg=cfg, run_dir=cfg.run_path, load_data=lambda: build_data(cfg.data))
 
 
@@ -84,7 +90,7 @@ def run_pipeline(
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
     forced = set(stages.NAMES) if force else set(selected if from_stage else [])
-    if _is_secondary_rank():
+    if is_secondary_rank():
         return _train_as_secondary_rank(cfg, selected, forced)
     run_dir = cfg.run_path
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -100,9 +106,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     """One process at a time per run folder. Two would write the same checkpoints and stage
     folders; the second is refused, naming the first. The operating system drops the lock when
     its holder exits, however it exits, so a killed run never leaves a stale one."""
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no advisory locks to take
+    if fcntl is None:  # not a POSIX system: no advisory locks to take
         yield
         return
     path = run_dir / LOCK_FILE
@@ -207,8 +211,6 @@ def _existing(folder: Path, name: str, rebuild: bool) -> Manifest | None:
 
 
 def _write_report(run_dir: Path, cfg: PipelineConfig) -> None:
-    from pipeline.report import write_report
-
     with storage_errors(
         run_dir, kept="every stage is kept; `python -m pipeline report` rebuilds it"
     ):
@@ -224,12 +226,6 @@ def _check_model_fits_data(cfg: PipelineConfig, data) -> None:
             f"({', '.join(data.classes[:5])}{', ...' if data.num_classes > 5 else ''}); "
             "fix model.num_classes or point data.root at the intended data set"
         )
-
-
-def _is_secondary_rank() -> bool:
-    from pipeline.training.accel import is_secondary_rank
-
-    return is_secondary_rank()
 
 
 def _train_as_secondary_rank(

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.presets import Preset, eval_transform
 from pipeline.errors import DataError
+from pipeline.images import bad_image_errors, to_rgb8
 
 
 class ImageSet(Dataset):
@@ -65,10 +67,6 @@ class FileImages(ImageSet):
 
 
 def decode_image(path: Path) -> torch.Tensor:
-    from PIL import Image
-
-    from pipeline.images import bad_image_errors, to_rgb8
-
     try:
         with Image.open(path) as im:
             arr = to_rgb8(im)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipeline.data.base import FileImages, ImageSet, TensorImages, available_cpus, hash_parts
 from pipeline.errors import DataError
@@ -57,8 +58,6 @@ def decode_threads() -> int:
 
 
 def _open_rgb(path: Path, draft: bool) -> np.ndarray:
-    from PIL import Image
-
     with Image.open(path) as im:
         if draft:
             # JPEG DCT scaling: reads the whole stream (so truncation is caught) at 1/8 the cost.
@@ -84,8 +83,6 @@ def _try_verify(path: Path) -> np.ndarray | str:
 
 def estimate_decoded_bytes(paths: Sequence[Path]) -> tuple[int, bool]:
     """(estimated bytes of all images decoded as uint8 RGB, whether the sampled sizes agree)."""
-    from PIL import Image
-
     if not paths:
         return 0, True
     picks = sorted(set(np.linspace(0, len(paths) - 1, min(SIZE_SAMPLE, len(paths))).astype(int)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,8 +62,6 @@ def apply_widths(model: nn.Module, spec: ModelSpec, prefix: str = "") -> nn.Modu
 
 def load_weights(model: nn.Module, folder: Path, stem_name: str) -> nn.Module:
     """Weights from safetensors into `model` (strict); a corrupt file is an ArtefactError."""
-    from safetensors import SafetensorError
-
     path = folder / f"{stem_name}.safetensors"
     try:
         state = load_file(str(path))

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.artifacts import Manifest, find_stage, write_json_atomic, write_text_atomic
 from pipeline.config import PipelineConfig
 from pipeline.errors import StageError
+from pipeline.report import figures as fig
+from pipeline.report.content import build_document, build_report, figure_paths
+from pipeline.report.document import to_html, to_markdown
 
 
 def _figures(run_dir: Path, train: Manifest | None, prune: Manifest, val: Manifest, r: dict):
-    import numpy as np
-
-    from pipeline.report import figures as fig
-
     out = run_dir / "figures"
     made: dict[str, Path | None] = {}
     if train is not None:
@@ -45,9 +46,6 @@ def _figures(run_dir: Path, train: Manifest | None, prune: Manifest, val: Manife
 
 def write_report(run_dir: Path, cfg: PipelineConfig) -> dict:
     """Build `report.json`, `report.md`, `report.html` and `figures/` from the manifests."""
-    from pipeline.report.content import build_document, build_report, figure_paths
-    from pipeline.report.document import to_html, to_markdown
-
     run_dir = Path(run_dir)
     found = {s: find_stage(run_dir, s) for s in ("train", "slim", "prune", "export")}
     val = find_stage(run_dir, "validate", statuses=("complete", "gate_failed"))

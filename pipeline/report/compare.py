@@ -22,7 +22,8 @@ import numpy as np
 from pipeline.artifacts import find_stage, write_json_atomic, write_text_atomic
 from pipeline.errors import ConfigError
 from pipeline.report import format as f
-from pipeline.report.document import Document, Figure, Section, Table
+from pipeline.report.document import Document, Figure, Section, Table, to_html, to_markdown
+from pipeline.report.figures import accuracy_latency_figure
 
 WITHIN_NOISE = "within noise"
 
@@ -141,9 +142,6 @@ def _cells(row: dict[str, Any]) -> list[str]:
 
 def compare(runs: list[Path], out: Path) -> Path:
     """Write compare.md, compare.html and compare.json (and the figure) into `out`."""
-    from pipeline.report.document import to_html, to_markdown
-    from pipeline.report.figures import accuracy_latency_figure
-
     if len(runs) < 2:
         raise ConfigError("compare needs at least two run folders")
     loaded = [_load(Path(r)) for r in runs]

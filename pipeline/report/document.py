@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,6 @@ nav{background:#f8f8fa;padding:.5em 1em;border:1px solid #eee}
 
 def _inline(text: str) -> str:
     """Escape, then keep the few Markdown marks the report uses: `code` and **bold**."""
-    import re
-
     t = html.escape(text)
     t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
     t = re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", t)

@@ -10,9 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
+from pipeline.artifacts import read_jsonl
 from pipeline.distill.attention import adaptive_mask, attention_map, minmax
 from pipeline.models.wrapper import SelfDistillModel
 
@@ -115,9 +120,6 @@ def save_attention_figure(
 
 def _figure(size: tuple[float, float], dpi: int = 110):
     """A matplotlib Figure on its own Agg canvas (no pyplot, no global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=size, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
@@ -145,8 +147,6 @@ def training_figure(metrics_path: Path, out: Path) -> Path | None:
     learning rate, from the train stage's metrics.jsonl."""
     if not metrics_path.is_file():
         return None
-    from pipeline.artifacts import read_jsonl
-
     rows = read_jsonl(metrics_path)
     if not rows:
         return None
@@ -177,8 +177,7 @@ def training_figure(metrics_path: Path, out: Path) -> Path | None:
 
 def confusion_figure(labels, preds, classes: list[str], out: Path) -> Path:
     """Confusion matrix (rows: true class, normalised per row) and per-class top-1."""
-    import numpy as np
-    from sklearn.metrics import ConfusionMatrixDisplay
+    from sklearn.metrics import ConfusionMatrixDisplay  # keeps scikit-learn out of `compare`
 
     k = len(classes)
     side = min(12.0, 3.0 + 0.35 * k)
@@ -288,8 +287,6 @@ def accuracy_latency_figure(
     for i, (label, lat, acc) in enumerate(points):
         ax.scatter([lat], [acc], color=f"C{i % 10}", zorder=3)
         ax.annotate(label, (lat, acc), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    from matplotlib.ticker import FuncFormatter
-
     front = pareto(points)
     ax.plot(
         [p[1] for p in front],

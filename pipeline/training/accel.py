@@ -7,12 +7,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import accelerate.utils
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import TrainConfig
 from pipeline.data import SampleExtras, make_loader
+from pipeline.data.device import DeviceBatches, unsupported_reason
 from pipeline.errors import ConfigError, StageError
 
 
@@ -64,8 +68,6 @@ TRACKER_PACKAGES = {
 def _check_tracker(tracker: str) -> None:
     if tracker == "none":
         return
-    import accelerate.utils
-
     is_available = getattr(accelerate.utils, f"is_{tracker}_available", None)
     if is_available is None or not is_available():
         package = TRACKER_PACKAGES.get(tracker, tracker)
@@ -108,9 +110,6 @@ def set_determinism(on: bool) -> None:
 
 
 def make_accelerator(t: TrainConfig, work: Path):
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
-
     if t.device == "cuda" and not torch.cuda.is_available():
         raise StageError(
             "train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'"
@@ -193,8 +192,6 @@ class SeededSamples(Dataset):
 def train_on_device(setting: bool | str, bundle, device: torch.device) -> bool:
     """Resolve `data.on_device`: auto holds the training set on a GPU when it can (in memory,
     at the input size, crop/flip augmentation); true demands it, on any device."""
-    from pipeline.data.device import unsupported_reason
-
     if setting is False:
         return False
     why = unsupported_reason(bundle.train, bundle.preset)
@@ -246,8 +243,6 @@ def loaders(
 
     evals = one(bundle.val, False), one(bundle.test, False)
     if device is not None:
-        from pipeline.data.device import DeviceBatches
-
         train = DeviceBatches(
             bundle.train,
             bundle.preset,

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from pipeline.errors import ConfigError, StageError
@@ -32,8 +33,6 @@ log = logging.getLogger("pipeline.slim")
 
 
 def importance(kind: str):
-    import torch_pruning as tp
-
     return {
         "l1": lambda: tp.importance.MagnitudeImportance(p=1),
         "l2": lambda: tp.importance.MagnitudeImportance(p=2),
@@ -158,8 +157,6 @@ def prune_channels(
     `batches`: train batches for Taylor importance. `latency_ms(classifier)`: the measured
     batch-1 latency of a classifier, for a latency budget.
     """
-    import torch_pruning as tp
-
     wrapper.eval()
     backbone = wrapper.backbone
     one = example[:1]

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+
 from pipeline.artifacts import CHECKPOINT_INDEX as INDEX_FILE
 from pipeline.artifacts import (
     commit_dir,
@@ -81,8 +83,6 @@ class Checkpointer:
             if self.acc.is_main_process:
                 method_state = self._method_state()
                 if method_state:
-                    from safetensors.torch import save_file
-
                     save_file(
                         {k: v.contiguous() for k, v in method_state.items()},
                         str(tmp / METHOD_STATE_FILE),
@@ -162,8 +162,6 @@ class Checkpointer:
             self.acc.load_state(str(folder))
             state = TrainerState(**json.loads((folder / STATE_FILE).read_text()))
             if self.method is not None and (folder / METHOD_STATE_FILE).is_file():
-                from safetensors.torch import load_file
-
                 self.method.load_state_dict(load_file(str(folder / METHOD_STATE_FILE)))
         except pickle.UnpicklingError as exc:
             # Never retried with weights_only=False: what fails the safe loader is not loaded.

@@ -13,9 +13,11 @@ from collections import Counter
 
 import numpy as np
 import torch
+from PIL import Image
 
 from pipeline.data import DataBundle, FileImages, build_data, make_loader, resolve_preset
 from pipeline.data.base import ImageSet, resolve_workers
+from pipeline.models import create_model
 
 
 def run_data_check(
@@ -55,8 +57,6 @@ def per_class_counts(labels: list[int], classes: list[str]) -> dict[str, int]:
 def _raw_size(ds: ImageSet, i: int) -> tuple[int, int]:
     """(height, width) of the stored image; file headers only, no decoding."""
     if isinstance(ds, FileImages):
-        from PIL import Image
-
         with Image.open(ds.paths[i]) as im:
             return im.height, im.width
     shape = ds.load(i).shape
@@ -128,8 +128,6 @@ def _sync(device: torch.device) -> None:
 
 def measure_train_step(cfg, num_classes: int, steps: int) -> dict:
     """Images/s of forward + backward + SGD step for the configured model on random batches."""
-    from pipeline.models import create_model
-
     preset = resolve_preset(cfg.data)
     stem = preset.stem if cfg.model.stem == "auto" else cfg.model.stem
     device = _device(cfg.train.device)

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object, set_seed
 from torch import nn
+from tqdm.auto import tqdm
 
 from pipeline.artifacts import read_jsonl, storage_errors, write_json_atomic, write_text_atomic
 from pipeline.config import PipelineConfig, TrainConfig
@@ -117,9 +119,6 @@ def start_spec(cfg: PipelineConfig, bundle: DataBundle, start: Path | None) -> M
 def _build(
     cfg: PipelineConfig, bundle: DataBundle, work: Path, spec: ModelSpec, start: Path | None
 ) -> Trainer:
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     t = cfg.train
     acc = accel.make_accelerator(t, work)
     acc.wait_for_everyone()  # rank 0 has prepared the work folder before anyone reads it
@@ -383,8 +382,6 @@ def _read_head_stability(tr: Trainer) -> dict | None:
 
 def _rank_hashes(tr: Trainer) -> list[str]:
     """Every rank's weight hash: DDP keeps replicas equal, and this proves it for the run."""
-    from accelerate.utils import gather_object
-
     mine = weights_sha256(tr.accelerator.unwrap_model(tr.model))
     hashes = gather_object([mine]) if tr.accelerator.num_processes > 1 else [mine]
     if len(set(hashes)) != 1:

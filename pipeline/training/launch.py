@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import errors
 from pipeline.artifacts import write_text_atomic
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import StageError
@@ -54,8 +55,6 @@ def _child_env() -> dict[str, str]:
 
 def _raise_worker_error(work: Path) -> None:
     """Rank 0's own error, with its class (and so its exit code), if it left one."""
-    from pipeline import errors
-
     path = work / ERROR_FILE
     if not path.is_file():
         return

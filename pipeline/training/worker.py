@@ -14,17 +14,16 @@ import sys
 from pathlib import Path
 
 from pipeline.artifacts import write_json_atomic
+from pipeline.config import load_config
+from pipeline.data import build_data
 from pipeline.errors import PipelineError
 from pipeline.training.checkpoint import ERROR_FILE
+from pipeline.training.fit import fit
 
 log = logging.getLogger("pipeline.train")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.config import load_config
-    from pipeline.data import build_data
-    from pipeline.training.fit import fit
-
     p = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)

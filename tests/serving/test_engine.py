@@ -31,12 +31,12 @@ def _no_gpu() -> None:
 @pytest.fixture
 def never_serve(monkeypatch):
     """`serve` must fail before a port is bound."""
-    import serving.server
+    import pipeline.__main__
 
     def refuse(*a, **k):
         raise AssertionError("the server started; the model should have been refused first")
 
-    monkeypatch.setattr(serving.server, "serve", refuse)
+    monkeypatch.setattr(pipeline.__main__, "serve", refuse)
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pipeline.errors import DataError
 @register_source("digits")
 def digits(cfg) -> SourceData:
     """scikit-learn's bundled 8x8 digits (1,797 real images), upsampled once to 32x32 RGB."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # only this data set needs it: keeps `check` light
 
     bunch = load_digits()
     img = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))

@@ -6,6 +6,7 @@ re-packed copy; reading the pickles ourselves accepts every well-formed copy and
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from pathlib import Path
 
@@ -111,8 +112,6 @@ def _source(
 
 
 def _digest(x: torch.Tensor) -> str:
-    import hashlib
-
     return hashlib.sha256(x.numpy().tobytes()).hexdigest()
 
 

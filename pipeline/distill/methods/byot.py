@@ -9,6 +9,7 @@ from torch import nn
 
 from pipeline.distill.losses import kd_loss
 from pipeline.distill.methods.base import LossOutput, Method, MethodOptions, register_method
+from pipeline.models.shallow_heads import ShallowHeads
 from pipeline.models.wrapper import ModelOutput
 
 
@@ -45,8 +46,6 @@ class BeYourOwnTeacher(Method):
     needs_features = True
 
     def build_aux(self, backbone: nn.Module) -> nn.Module:
-        from pipeline.models.shallow_heads import ShallowHeads
-
         return ShallowHeads(list(backbone.stage_channels), self.num_classes)
 
     def loss(self, out: ModelOutput, targets: torch.Tensor, epoch: int, **inputs) -> LossOutput:
