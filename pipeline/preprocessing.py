@@ -2,10 +2,12 @@
 `resize`, centre-crop `input_size`, scale to [0, 1], then (x - mean) / std per RGB channel.
 
 Three implementations follow it and read their parameters from here: the training and
-evaluation transforms (torchvision, `pipeline.data.presets`), the server (Pillow and numpy,
-`serving.preprocess`) and the Triton graph with its preprocessing built in (ONNX nodes,
-`export.triton`). The parameters travel with an exported model as ONNX metadata
-(`to_metadata`, written by `export.onnx`) and are read back from it (`from_metadata`).
+evaluation transforms (torchvision, `pipeline.data.presets`), the server (numpy,
+`serving.preprocess`, pixel for pixel what torchvision gives; it takes the resized size and
+the crop's place from `Preprocessing.resized_shape` and `crop_origin`, torchvision's own
+arithmetic) and the Triton graph with its preprocessing built in (ONNX nodes, `export.triton`,
+for pixels already at the input size). The parameters travel with an exported model as ONNX
+metadata (`to_metadata`, written by `export.onnx`) and are read back from it (`from_metadata`).
 
 No torch and no numpy: a server and every layer imports this. Invalid parameters raise
 ValueError, which callers turn into their own error where they know what to advise.
@@ -56,6 +58,19 @@ class Preprocessing:
         if problems:
             raise ValueError("; ".join(problems))
 
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) after the resize, as torchvision's `Resize(resize)` computes it: the
+        shorter side becomes `resize` and the longer `int(resize * long / short)`, truncated
+        (a square's sides both become `resize`)."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_long = int(self.resize * long / short)
+        return (new_long, self.resize) if width <= height else (self.resize, new_long)
+
+    def crop_origin(self, height: int, width: int) -> tuple[int, int]:
+        """(top, left) of the `input_size` centre crop in a resized image of this height and
+        width; see `crop_start`. Negative where the image is smaller than the crop."""
+        return crop_start(height, self.input_size), crop_start(width, self.input_size)
+
     def to_metadata(self) -> dict[str, Any]:
         """The model metadata entries, in `KEYS` order (the ONNX writer JSON-encodes them)."""
         return {
@@ -95,6 +110,16 @@ class Preprocessing:
                 f"{source} holds invalid preprocessing in its metadata ({exc}); re-export the "
                 "model (`--from export`)"
             ) from None
+
+
+def crop_start(length: int, size: int) -> int:
+    """Where a centre crop of `size` starts along an axis of `length` pixels, as torchvision's
+    `CenterCrop` places it: `int(round((length - size) / 2))` (Python's round, half to even), or
+    where the axis is shorter than the crop, `-((size - length) // 2)`: the crop then reaches
+    outside the image and torchvision fills those pixels with zeros (before scaling)."""
+    if length >= size:
+        return int(round((length - size) / 2.0))
+    return -((size - length) // 2)
 
 
 def decode_metadata(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -191,20 +191,26 @@ def test_force_trains_from_scratch_even_with_a_resumable_partial(tiny_overrides)
 
 
 def test_predictor_preprocessing_matches_training_eval_transform(finished):
+    """The served model sees validate's pixels and gives its probabilities, at the input size
+    and off it: downscaled, upscaled, a crop margin of 1.5 (70 wide -> 35: torchvision rounds
+    the offset to 2) and a long side of 42.67 (torchvision truncates it to 42)."""
     import numpy as np
     import torch
 
     from pipeline.data import eval_transform, resolve_preset
+    from serving.classify import softmax
     from serving.predictor import OrtPredictor
 
     cfg, manifests = finished
     pred = OrtPredictor(manifests["export"].folder / "model.onnx")
-    rng = np.random.default_rng(0)
-    same_size = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     ref = eval_transform(resolve_preset(cfg.data))
-    expected = ref(torch.from_numpy(same_size).permute(2, 0, 1)).numpy()
-    assert np.abs(pred.preprocess([same_size])[0] - expected).max() < 1e-5
-    wide = rng.integers(0, 256, (40, 64, 3), dtype=np.uint8)
-    batch = pred.preprocess([wide, same_size])
-    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
-    assert pred.run(batch).shape == (2, 10)
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (40, 64), (131, 97), (64, 70), (480, 640), (20, 20), (33, 33)]
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    expected = torch.stack([ref(torch.from_numpy(a).permute(2, 0, 1)) for a in images]).numpy()
+    batch = pred.preprocess(images)
+    assert batch.shape == (len(sizes), 3, 32, 32) and batch.dtype == np.float32
+    assert np.abs(batch - expected).max() < 1e-5
+    served, validated = softmax(pred.run(batch)), softmax(pred.run(expected))
+    assert served.shape == (len(sizes), 10)
+    assert np.abs(served - validated).max() < 1e-3

@@ -61,3 +61,28 @@ def test_export_metadata_keeps_its_keys_and_values():
         "arch": "resnet18",
         "source_key": "key",
     }
+
+
+# Image sides (height, width) around the edge cases of the size and crop arithmetic: square,
+# a long side whose scaled length has a fraction of one half or more (rounding would add one),
+# crop margins of x.5 (round half to even), axes shorter than the crop.
+SIDES = [(h, w) for h in (1, 20, 32, 33, 35, 64, 97, 131, 144) for w in (8, 33, 64, 70, 86, 101)]
+
+
+@pytest.mark.parametrize(("input_size", "resize"), [(32, 32), (64, 72), (64, 48), (16, 200)])
+def test_resized_shape_and_crop_origin_are_torchvisions(input_size, resize):
+    """The sizes the server computes are those torchvision's Resize and CenterCrop produce."""
+    import torch
+    from torchvision.transforms import v2
+
+    pre = Preprocessing(input_size, resize, (0.5,) * 3, (0.5,) * 3)
+    for h, w in SIDES:
+        empty = torch.empty(0, h, w, dtype=torch.uint8)  # no pixels: torchvision only resizes
+        assert tuple(v2.Resize(resize)(empty).shape[1:]) == pre.resized_shape(h, w), (h, w)
+        # Which pixel the crop starts at: a numbered image, 0 where torchvision pads.
+        numbered = torch.arange(1, h * w + 1, dtype=torch.float64).reshape(1, h, w)
+        crop = v2.CenterCrop(input_size)(numbered)[0]
+        top, left = pre.crop_origin(h, w)
+        r, c = max(top, 0) - top, max(left, 0) - left  # the crop's first pixel from the image
+        assert crop[:r].abs().sum() == 0 and crop[:, :c].abs().sum() == 0, (h, w)
+        assert crop[r, c] == max(top, 0) * w + max(left, 0) + 1, (h, w)
