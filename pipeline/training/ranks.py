@@ -272,15 +272,44 @@ def leading() -> Iterator[Leader | None]:
         yield None
         return
     _leader = Leader(control_group())
+    log.info(
+        "rank 0 of %d, on %s: runs the stages and writes the run folder; the other ranks "
+        "follow it into every training",
+        world_size(),
+        socket.gethostname(),
+    )
     try:
         yield _leader
         _leader.done()
     except BaseException as exc:
         _leader.abort(exc)
+        _raise_lost_contact(exc)
         raise
     finally:
         _leader = None
         close()
+
+
+# What torch's collectives say when a peer process is gone (gloo, NCCL, the TCP store).
+_LOST = ("Connection reset", "Connection closed", "Broken pipe", "gloo", "NCCL", "TCPStore")
+
+
+def _raise_lost_contact(exc: BaseException) -> None:
+    """A collective that failed because another rank died: say so, as a StageError."""
+    import torch.distributed as dist
+
+    if isinstance(exc, PipelineError) or not isinstance(exc, RuntimeError):
+        return
+    text = str(exc).strip()
+    if not (isinstance(exc, dist.DistError) or any(m in text for m in _LOST)):
+        return
+    raise StageError(
+        f"rank {rank()} of {world_size()} on {socket.gethostname()} lost contact with the "
+        f"other ranks ({text.splitlines()[0][:200] if text else type(exc).__name__}): another "
+        "rank failed or was killed, and its error is in its own log. Finished stages and the "
+        "last training checkpoint are kept: run the same command again (on every node) to "
+        "resume"
+    ) from exc
 
 
 def check_data(fingerprint: str) -> None:
@@ -335,5 +364,8 @@ def follow(cfg) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, PipelineError)):
                     cls = StageError
                 raise cls(f"rank 0 stopped the run ({msg['message']})")
+    except RuntimeError as exc:
+        _raise_lost_contact(exc)
+        raise
     finally:
         close()

@@ -15,7 +15,7 @@ from pipeline import stages
 from pipeline.config import load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.training import ranks
-from tests.pipeline.training.test_distributed import TINY_DDP
+from tests.pipeline.training.test_distributed import TINY_DDP, WHOLE
 from tests.pipeline.training.test_resume import REPO
 
 
@@ -154,9 +154,7 @@ def test_two_nodes_on_this_machine_run_the_whole_pipeline(tmp_path):
     port = _free_port()
     common = [
         *TINY_DDP,
-        "train.epochs=1",
-        "slim.ratio=0.5",
-        "slim.epochs=1",
+        *WHOLE,
         f"run_dir={tmp_path / 'runs'}",
         "name=nodes",
         "train.nodes=2",
@@ -194,3 +192,25 @@ def test_two_nodes_on_this_machine_run_the_whole_pipeline(tmp_path):
     both = logs[0] + logs[1]
     assert both.count("slim: running") == 1 and both.count("train: running") == 1
     assert "node 0 of 2" in logs[0] and "node 1 of 2" in logs[1]
+
+
+def test_a_collective_broken_by_a_dead_rank_is_a_stage_error():
+    from pipeline.errors import StageError
+
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer")
+    with pytest.raises(StageError, match="lost contact with the other ranks"):
+        ranks._raise_lost_contact(gone)
+    ranks._raise_lost_contact(RuntimeError("shape mismatch"))  # not ours to rename
+    ranks._raise_lost_contact(DataError("x"))
+
+
+def test_rank0_failing_before_training_stops_the_other_ranks(tmp_path):
+    """Rank 0 stops before anything trains (here: a stage whose inputs were never made); the
+    other rank is told and stops too instead of waiting for a word that never comes."""
+    from tests.pipeline.training.test_distributed import _run
+
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = _run(tmp_path, "early", [], launcher, only="prune")
+    assert res.returncode != 0
+    assert "has no completed output" in res.stderr
+    assert "rank 0 stopped the run (StageError: stage 'train' has no completed output" in res.stderr
