@@ -23,7 +23,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from datetime import timedelta
 from pathlib import Path
 
@@ -36,12 +36,16 @@ log = logging.getLogger("pipeline.ranks")
 WAIT_TIMEOUT_S = 3 * 3600
 
 
-def adopt_scheduler_env(master_addr: str | None = None, master_port: int = 29500) -> None:
+def adopt_scheduler_env(
+    master_addr: str | None = None,
+    master_port: int = 29500,
+    env: MutableMapping[str, str] | None = None,
+) -> None:
     """Under `srun` (one task per process), the ranks come from SLURM: set RANK, WORLD_SIZE,
     LOCAL_RANK, MASTER_ADDR and MASTER_PORT as torch's launcher would. Nothing when a launcher
     already set RANK/WORLD_SIZE, or outside a SLURM job step of more than one task (a batch
-    script itself is not a step)."""
-    env = os.environ
+    script itself is not a step). `env`: the process environment unless given."""
+    env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:
         return
     tasks = env.get("SLURM_STEP_NUM_TASKS")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,33 +87,35 @@ def test_node_command_is_torchs_launcher_with_a_c10d_rendezvous():
     assert cmd[-4:] == ["-m", "pipeline", "run", "p.yaml"]
 
 
-def test_slurm_task_takes_its_ranks_from_the_environment(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(k, raising=False)
-    slurm = {
+def test_slurm_task_takes_its_ranks_from_the_environment():
+    env = {
         "SLURM_PROCID": "5",
         "SLURM_STEP_NUM_TASKS": "8",
         "SLURM_LOCALID": "1",
         "SLURM_STEP_TASKS_PER_NODE": "4(x2)",
     }
-    for k, v in slurm.items():
-        monkeypatch.setenv(k, v)
     with pytest.raises(ConfigError, match="MASTER_ADDR"):
-        ranks.adopt_scheduler_env(None)
-    ranks.adopt_scheduler_env("node-a", 29600)
-    env = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    assert env == {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
-    assert os.environ["MASTER_ADDR"] == "node-a" and os.environ["MASTER_PORT"] == "29600"
-    assert ranks.launched() and ranks.rank() == 5
+        ranks.adopt_scheduler_env(None, env=env)
+    ranks.adopt_scheduler_env("node-a", 29600, env=env)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")} == {
+        "RANK": "5",
+        "WORLD_SIZE": "8",
+        "LOCAL_RANK": "1",
+        "LOCAL_WORLD_SIZE": "4",
+    }
+    assert env["MASTER_ADDR"] == "node-a" and env["MASTER_PORT"] == "29600"
 
 
-def test_slurm_batch_script_itself_is_not_a_rank(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("SLURM_PROCID", "0")
-    monkeypatch.setenv("SLURM_NTASKS", "8")
-    ranks.adopt_scheduler_env(None)
-    assert "RANK" not in os.environ and not ranks.launched()
+def test_a_launchers_ranks_win_over_slurms():
+    env = {"RANK": "1", "WORLD_SIZE": "2", "SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "4"}
+    ranks.adopt_scheduler_env("h", env=env)
+    assert env["RANK"] == "1" and env["WORLD_SIZE"] == "2"
+
+
+def test_slurm_batch_script_itself_is_not_a_rank():
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}  # no job step: the script itself
+    ranks.adopt_scheduler_env(None, env=env)
+    assert "RANK" not in env
 
 
 def _ident(rank: int, host: str, fp: str | None, error: str | None = None) -> dict:
@@ -140,6 +143,10 @@ def test_a_rank_that_cannot_read_the_data_stops_every_rank():
         )
 
 
+# A launcher's variables in this process's environment would make the "nodes" ranks of it.
+LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -162,7 +169,7 @@ def test_two_nodes_on_this_machine_run_the_whole_pipeline(tmp_path):
         f"train.master_port={port}",
     ]
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS},
         "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         "OMP_NUM_THREADS": "1",
     }
@@ -170,8 +177,17 @@ def test_two_nodes_on_this_machine_run_the_whole_pipeline(tmp_path):
     for node in (0, 1):
         sets = sum((["--set", o] for o in [*common, f"train.node_rank={node}"]), [])
         cmd = [sys.executable, "-m", "pipeline", "run", str(cfg), *sets]
-        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
-    logs = [p.communicate(timeout=400)[1] for p in procs]
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+            )
+        )
+    try:
+        logs = [p.communicate(timeout=400)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:  # the node's command, its launcher and ranks
+                os.killpg(p.pid, signal.SIGKILL)
     for node, (p, log) in enumerate(zip(procs, logs, strict=True)):
         assert p.returncode == 0, (node, log[-4000:])
     (tmp_path / "node0.log").write_text(logs[0])
