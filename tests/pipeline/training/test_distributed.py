@@ -123,6 +123,9 @@ def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     _assert_trained_on_two_ranks(tmp_path / "runs" / "whole")
     assert res.stderr.count("slim: running") == 1
+    again = _run(tmp_path, "whole", WHOLE, launcher, only=None)  # all up to date: no one waits
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "slim: up to date" in again.stderr and "running" not in again.stderr
 
 
 def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path):
