@@ -230,12 +230,21 @@ def _cmd_data(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.runner import run_pipeline
+    from pipeline.training import ranks
     from pipeline.training.accel import is_secondary_rank
 
     cfg = load_config(args.config, args.overrides)
+    t = cfg.train
+    ranks.adopt_scheduler_env(t.master_addr, t.master_port)  # under srun: SLURM's ranks
+    if t.nodes > 1 and not ranks.launched():
+        # This machine's share of a multi-node run: its ranks, under torch's launcher, run
+        # this same command; the one that gets global rank 0 owns the run folder.
+        return ranks.run_nodes(t, args.argv)
     # Under a launcher every rank runs this; only rank 0 owns the run folder's log.
     _setup_logging(args.verbose, None if is_secondary_rank() else cfg.run_path / "pipeline.log")
     manifests = run_pipeline(cfg, only=args.only, from_stage=args.from_stage, force=args.force)
+    if is_secondary_rank():
+        return 0  # rank 0 reports the run
     report = cfg.run_path / "report.md"
     if "validate" in manifests:
         arts = manifests["validate"].metrics["artefacts"]
@@ -327,6 +336,7 @@ def _cmd_tensorrt(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging(args.verbose)
     try:
         commands = {

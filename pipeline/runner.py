@@ -44,7 +44,7 @@ from pipeline.errors import (
     StageError,
 )
 from pipeline.report import write_report
-from pipeline.training.accel import is_secondary_rank
+from pipeline.training import ranks
 
 try:
     import fcntl
@@ -58,12 +58,22 @@ def make_context(cfg: PipelineConfig) -> StageContext:
     return StageContext(cfg=cfg, run_dir=cfg.run_path, load_data=lambda: build_data(cfg.data))
 
 
+# The last stage that trains (slim's recovery): after it, a launched run's other ranks leave.
+TRAINS_LAST = "slim"
+
+# Where a run is started from, not what it makes: no part of any stage key.
+LAUNCH_ONLY_KEYS = ("node_rank", "master_addr", "master_port", "max_restarts")
+
+
 def key_of(stage: str, cfg: PipelineConfig, inputs: dict[str, Manifest], data_fp: str) -> str:
     """The one place a stage key is computed."""
     s = stages.get(stage)
-    return stage_key(
-        stage, cfg.sections(s.config), {n: m.key for n, m in inputs.items()}, data_fp, __version__
-    )
+    sections = cfg.sections(s.config)
+    if "train" in sections:
+        sections["train"] = {
+            k: v for k, v in sections["train"].items() if k not in LAUNCH_ONLY_KEYS
+        }
+    return stage_key(stage, sections, {n: m.key for n, m in inputs.items()}, data_fp, __version__)
 
 
 def _selected(only: str | None, from_stage: str | None) -> list[str]:
@@ -90,12 +100,14 @@ def run_pipeline(
     """Run the selected stages in order; return every stage's manifest (run or reused)."""
     selected = _selected(only, from_stage)
     forced = set(stages.NAMES) if force else set(selected if from_stage else [])
-    if is_secondary_rank():
-        return _train_as_secondary_rank(cfg, selected, forced)
-    run_dir = cfg.run_path
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        return _run_locked(cfg, run_dir, selected, forced)
+    if ranks.rank() != 0:  # under a launcher: follow rank 0 into every training
+        ranks.follow(cfg)
+        return {}
+    with ranks.leading():
+        run_dir = cfg.run_path
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with run_lock(run_dir):
+            return _run_locked(cfg, run_dir, selected, forced)
 
 
 LOCK_FILE = ".lock"
@@ -143,6 +155,7 @@ def _run_locked(
     ctx = make_context(cfg)
     _check_model_fits_data(cfg, ctx.data)
     data_fp = ctx.data.fingerprint
+    ranks.check_data(data_fp)  # under a launcher, every rank holds the same data, or all stop
     manifests: dict[str, Manifest] = {}
     try:
         _run_stages(selected, forced, ctx, data_fp, manifests)
@@ -168,6 +181,8 @@ def _run_stages(
     last_selected = max(stages.NAMES.index(s) for s in selected)
     for stage in stages.TABLE[: last_selected + 1]:  # later stages are neither read nor checked
         name = stage.name
+        if stages.NAMES.index(name) > stages.NAMES.index(TRAINS_LAST):
+            ranks.finished_training()  # nothing trains from here: a launch's other ranks leave
         inputs = {s: manifests[s] for s in stage.inputs if s in manifests}
         key = key_of(name, cfg, inputs, data_fp)
         folder = stages.folder(run_dir, name)
@@ -228,27 +243,6 @@ def _check_model_fits_data(cfg: PipelineConfig, data) -> None:
         )
 
 
-def _train_as_secondary_rank(
-    cfg: PipelineConfig, selected: list[str], forced: set[str]
-) -> dict[str, Manifest]:
-    """Under `accelerate launch -m pipeline run`, ranks other than 0 only join the training.
-
-    Rank 0 does everything else (work folder, manifests, later stages); this rank reaches the
-    same skip decision from the same files and, if training runs, joins it in rank 0's work
-    folder, where the training stage waits for rank 0 before reading anything.
-    """
-    if "train" not in selected:
-        return {}
-    ctx = make_context(cfg)
-    key = key_of("train", cfg, {}, ctx.data.fingerprint)
-    folder = stages.folder(cfg.run_path, "train")
-    existing = Manifest.load(folder)
-    if existing and existing.complete and existing.key == key and "train" not in forced:
-        return {}
-    stages.get("train").run(cfg, {}, _partial(folder), ctx)
-    return {}
-
-
 def _partial(folder: Path) -> Path:
     return folder.with_name(folder.name + PARTIAL_SUFFIX)
 
@@ -296,8 +290,8 @@ def _what_changed(previous: Manifest, current: Manifest) -> str:
         return "an earlier stage it reads was re-run"
     if previous.data.get("fingerprint") != current.data.get("fingerprint"):
         return (
-            "the data changed (files added, removed or modified; a copied data set gets new "
-            "modification times and counts as changed)"
+            "the data changed (files added, removed or with other contents; a copy of the "
+            "same files counts as the same data)"
         )
     return "it was made by another pipeline version"
 

@@ -22,6 +22,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _file_hash_cache(tmp_path_factory):
+    """Data files' content hashes are cached in the session's own folder, not the user's
+    (child processes inherit it)."""
+    import os
+
+    before = os.environ.get("PIPELINE_CACHE_DIR")
+    os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("file-hash-cache"))
+    yield
+    if before is None:
+        os.environ.pop("PIPELINE_CACHE_DIR", None)
+    else:
+        os.environ["PIPELINE_CACHE_DIR"] = before
+
+
 @pytest.fixture(autouse=True)
 def _restore_rng():
     """Tests may seed freely; the next test starts from the same global RNG state."""

@@ -41,6 +41,24 @@ class TrainConfig(Strict):
         ge=1,
         description="training processes started by `python -m pipeline run` (DDP; gloo on CPU)",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        description="machines of a multi-node run: the same `python -m pipeline run` on each "
+        "starts train.processes ranks there under torch's launcher (c10d rendezvous)",
+    )
+    node_rank: int = Field(0, ge=0, description="this machine's number, 0 to nodes - 1")
+    master_addr: str | None = Field(
+        None,
+        description="address of node 0, where the rendezvous is held (required with nodes > 1)",
+    )
+    master_port: int = Field(29500, ge=1, le=65535, description="rendezvous port on node 0")
+    max_restarts: int = Field(
+        0,
+        ge=0,
+        description="with nodes > 1: restarts of every rank after one fails (each resumes from "
+        "the last checkpoint); 0 = the run stops and the same command resumes it",
+    )
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     grad_clip: float | None = Field(None, gt=0.0, description="max gradient norm; None = off")
     channels_last: bool | Literal["auto"] = Field(
@@ -122,11 +140,27 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _batch_splits(self) -> TrainConfig:
-        parts = self.processes * self.grad_accum_steps
+        parts = self.nodes * self.processes * self.grad_accum_steps
         if self.batch_size % parts:
+            nodes = "nodes x " if self.nodes > 1 else ""
+            n = f"{self.nodes} x " if self.nodes > 1 else ""
             raise ValueError(
                 f"batch_size ({self.batch_size}) is the global batch and must divide evenly by "
-                f"processes x grad_accum_steps ({self.processes} x {self.grad_accum_steps}); "
-                f"use a multiple of {parts}"
+                f"{nodes}processes x grad_accum_steps ({n}{self.processes} x "
+                f"{self.grad_accum_steps}); use a multiple of {parts}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nodes_meet(self) -> TrainConfig:
+        if self.node_rank >= self.nodes:
+            raise ValueError(
+                f"node_rank ({self.node_rank}) must be below nodes ({self.nodes}): the machines "
+                f"are numbered 0 to {self.nodes - 1}"
+            )
+        if self.nodes > 1 and not self.master_addr:
+            raise ValueError(
+                f"nodes={self.nodes} needs master_addr: the address of node 0 that every node "
+                "reaches (e.g. --set train.master_addr=10.0.0.1), where the rendezvous is held"
             )
         return self

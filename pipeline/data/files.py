@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from pipeline.data.base import FileImages, ImageSet, TensorImages, available_cpus, hash_parts
+from pipeline.data.content import content_hashes
 from pipeline.errors import DataError
 from pipeline.images import bad_image_errors, to_rgb8
 
@@ -203,12 +204,9 @@ def _rel(path: Path, root: Path) -> str:
 
 
 def files_fingerprint(fl: FileList, base: Path) -> str:
-    """Relative paths, sizes, modification times and labels: changes when any file does."""
-    entries = []
-    for p in fl.paths:
-        try:
-            st = p.stat()
-            entries.append((_rel(p, base), st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
-            entries.append((_rel(p, base), -1, -1))  # listed but absent: skipped under on_bad_image
+    """Relative paths, contents and labels: changes when any file does, and is the same for
+    two copies of the data (modification times are only the hash cache's check)."""
+    digests = content_hashes(fl.paths)
+    # listed but absent: skipped under on_bad_image
+    entries = [(_rel(p, base), d or "missing") for p, d in zip(fl.paths, digests, strict=True)]
     return hash_parts(entries, fl.labels)

@@ -27,7 +27,7 @@ from pipeline.errors import StageError
 from pipeline.models import count_parameters
 from pipeline.models.io import load_weights, read_spec, save_model
 from pipeline.models.spec import ModelSpec
-from pipeline.training import accel
+from pipeline.training import accel, ranks
 from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
 from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
@@ -415,6 +415,11 @@ def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None 
     `start`: a folder with a saved training model (`model.safetensors` + `model.json`) to
     fine-tune instead of training the config's model from scratch (the slim stage's recovery).
     """
+    with ranks.training(cfg, work, start):  # under a launcher, rank 0 brings the others along
+        return _fit(cfg, bundle, work, start)
+
+
+def _fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None) -> dict:
     t_start = time.perf_counter()
     spec = start_spec(cfg, bundle, start)
     tr = _build(cfg, bundle, work, spec, start)
@@ -428,5 +433,8 @@ def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None 
     metrics["weights_sha256_per_rank"] = _rank_hashes(tr)
     _finish(tr, spec, work, metrics)
     tr.accelerator.wait_for_everyone()
-    tr.accelerator.end_training()
+    # Not `end_training()`: it destroys the process group, and a later training in this
+    # process (slim's recovery under a launcher) needs it; the run closes it at its end.
+    for tracker in tr.accelerator.trackers:
+        tracker.finish()
     return metrics

@@ -41,11 +41,12 @@ def launch_command(
         str(config),
         "--work",
         str(work),
-        *(["--start", str(start)] if start is not None else []),
+        # not `--start`: torch's launcher would take it for its own `--start-method`
+        *(["--start-model", str(start)] if start is not None else []),
     ]
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     """The children import this package the way the parent did, wherever it was started."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])
@@ -73,7 +74,7 @@ def run_launched(cfg: PipelineConfig, work: Path, start: Path | None = None) -> 
     write_text_atomic(config, dump_config(cfg))
     cmd = launch_command(cfg.train.processes, work, config, start)
     log.info("launching %d training processes: %s", cfg.train.processes, " ".join(cmd))
-    proc = subprocess.Popen(cmd, env=_child_env())
+    proc = subprocess.Popen(cmd, env=child_env())
     try:
         code = proc.wait()
     except KeyboardInterrupt:

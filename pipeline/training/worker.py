@@ -17,6 +17,7 @@ from pipeline.artifacts import write_json_atomic
 from pipeline.config import load_config
 from pipeline.data import build_data
 from pipeline.errors import PipelineError
+from pipeline.training import ranks
 from pipeline.training.checkpoint import ERROR_FILE
 from pipeline.training.fit import fit
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.training.worker")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--start", type=Path, default=None, help="a saved model to fine-tune")
+    p.add_argument("--start-model", type=Path, default=None, help="a saved model to fine-tune")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
-        fit(cfg, build_data(cfg.data), args.work, args.start)
+        fit(cfg, build_data(cfg.data), args.work, args.start_model)
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         if int(os.environ.get("RANK", "0")) == 0:  # the launching parent re-raises it
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    finally:
+        ranks.close()
     return 0
 
 

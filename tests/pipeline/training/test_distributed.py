@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import stages
 from pipeline.training.fit import HEAD_FILE
+from tests.conftest import TINY
 from tests.pipeline.training.test_resume import REPO
 
 TINY_DDP = [
@@ -25,7 +26,11 @@ TINY_DDP = [
 
 
 def _run(
-    tmp_path: Path, name: str, extra: list[str], launcher: list[str] | None = None
+    tmp_path: Path,
+    name: str,
+    extra: list[str],
+    launcher: list[str] | None = None,
+    only: str | None = "train",
 ) -> subprocess.CompletedProcess:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("{}\n")
@@ -43,8 +48,7 @@ def _run(
         "pipeline",
         "run",
         str(cfg),
-        "--only",
-        "train",
+        *(["--only", only] if only else []),
         *sets,
     ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -87,6 +91,47 @@ def test_whole_pipeline_under_torchrun_rank0_owns_the_run(tmp_path):
     assert m["metrics"]["processes"] == 2 and len(set(m["metrics"]["weights_sha256_per_rank"])) == 1
     assert not (tmp_path / "runs" / "launched" / "01_train.partial").exists()
     assert res.stderr.count("train: running") == 1  # only rank 0 reports stages
+
+
+# The whole pipeline with a pruned model to recover: slim trains as well as train. The gates
+# are not what these runs test (one epoch on 200 images); measurements are kept short.
+WHOLE = [
+    "train.epochs=1",
+    "slim.ratio=0.5",
+    "slim.epochs=1",
+    *(o for o in TINY if o.split("=")[0].startswith(("prune.", "export.", "validate."))),
+    "validate.gates.max_top1_drop_int8=1.0",
+]
+
+
+def _assert_trained_on_two_ranks(run: Path) -> None:
+    for stage in ("train", "slim"):
+        m = json.loads((stages.folder(run, stage) / "manifest.json").read_text())
+        metrics = m["metrics"] if stage == "train" else m["metrics"]["recovery"]
+        assert m["status"] == "complete" and metrics["processes"] == 2, stage
+        hashes = metrics["weights_sha256_per_rank"]
+        assert len(hashes) == 2 and hashes[0] == hashes[1], stage
+    validate = json.loads((stages.folder(run, "validate") / "manifest.json").read_text())
+    assert validate["status"] == "complete"
+
+
+def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path):
+    """Every rank follows every stage that trains: slim's recovery once ran on rank 0 alone
+    ("Default process group has not been initialized")."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    res = _run(tmp_path, "whole", WHOLE, launcher, only=None)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_trained_on_two_ranks(tmp_path / "runs" / "whole")
+    assert res.stderr.count("slim: running") == 1
+    again = _run(tmp_path, "whole", WHOLE, launcher, only=None)  # all up to date: no one waits
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "slim: up to date" in again.stderr and "running" not in again.stderr
+
+
+def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path):
+    res = _run(tmp_path, "whole", [*WHOLE, "train.processes=2"], only=None)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _assert_trained_on_two_ranks(tmp_path / "runs" / "whole")
 
 
 def test_batch_must_split_over_processes():
