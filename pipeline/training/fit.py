@@ -157,15 +157,6 @@ def _build(
     # Laid out from the batches this rank sees, after sharding, on either loader path.
     ticks = scheduler_ticks_per_epoch(len(loaders[0]), t.grad_accum_steps, acc.num_processes)
     scheduler = acc.prepare(torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(t, ticks)))
-    # Under compile only the training step runs compiled: `train_forward` and the method's loss.
-    # The model itself stays the eager module, so checkpoints and the saved model have the same
-    # keys either way (no `_orig_mod.` prefix) and evaluation's ragged batches never recompile.
-    train_forward = None
-    if compiled:
-        backend = accel.compile_backend()
-        train_forward = torch.compile(model, backend=backend, dynamic=False)
-        method.compile(backend=backend)
-        log.info("training step compiled with torch.compile (backend %s)", backend)
     log.info("training batches: %s", "made on the device" if on_device else "DataLoader")
     bar = tqdm(
         total=t.epochs * len(loaders[0]),
@@ -187,8 +178,21 @@ def _build(
         bar=bar,
         loaders=tuple(loaders),
         channels_last=channels_last,
-        train_forward=train_forward,
+        compile_step=compiled,
     )
+
+
+def _compile_step(tr: Trainer) -> None:
+    """Under compile only the training step runs compiled: `train_forward` and the method's
+    loss. The model itself stays the eager module, so checkpoints and the saved model have the
+    same keys either way (no `_orig_mod.` prefix), evaluation's ragged batches never recompile,
+    and the head-stability check (a double backward) runs eagerly before this."""
+    if not tr.compile_step:
+        return
+    backend = accel.compile_backend()
+    tr.train_forward = torch.compile(tr.model, backend=backend, dynamic=False)
+    tr.method.compile(backend=backend)
+    log.info("training step compiled with torch.compile (backend %s)", backend)
 
 
 def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
@@ -433,6 +437,7 @@ def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None 
     tr = _build(cfg, bundle, work, spec, start)
     if start is None:
         _head_stability(tr, cfg, bundle, work)
+    _compile_step(tr)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
         history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")

@@ -64,7 +64,9 @@ class Trainer:
     loaders: tuple = ()
     channels_last: bool = False
     resumed_from: str | None = None
-    # The compiled training forward (None: eager); `model` stays the eager module.
+    # `train.compile` resolved; the compiled training forward (None: eager), set by the stage
+    # once the model is ready. `model` stays the eager module.
+    compile_step: bool = False
     train_forward: Any = None
     compile_s: float | None = None  # wall time of the first compiled step (compile included)
     # Running sums (loss and its parts times images, correct, seen) kept on the device so a
