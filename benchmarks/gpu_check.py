@@ -1,5 +1,6 @@
 """One command for a machine with a CUDA GPU: the `gpu`-marked tests, a short training-step
-benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), the train
+benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), the same
+step eager against compiled (`train.compile`; ce, frskd, ama; step_time.py's figures), the train
 stage with batches from the DataLoader against batches made on the GPU, torch CUDA inference
 latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers and
 TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
@@ -85,6 +86,30 @@ def train_steps(width: float, batch: int, steps: int) -> dict:
     for method in ("ls", "frskd", "ama"):
         out[method]["step_time_vs_ce"] = out["ce"]["images_per_s"] / out[method]["images_per_s"]
     return {"width": width, "batch": batch, "steps": steps, "precision": "bf16", "methods": out}
+
+
+def eager_vs_compiled(width: float, batch: int, steps: int) -> dict:
+    """benchmarks/step_time.py's comparison on the GPU: ce, frskd and ama, eager and with the
+    whole step compiled (`train.compile`), bf16, channels_last; medians, ratios to ce, compile
+    time and graph breaks."""
+    import torch
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import step_time
+
+    args = argparse.Namespace(
+        model="resnet18",
+        width=width,
+        batch=batch,
+        steps=steps,
+        classes=100,
+        channels_last=True,
+        methods=["ce", "frskd", "ama"],
+        modes=list(step_time.MODES),
+        backend="inductor",
+        bf16=True,
+    )
+    return step_time.compare(args, torch.device("cuda"))
 
 
 def _synthetic_cifar10(folder: Path, n_train: int = 50_000, n_test: int = 1_000) -> Path:
@@ -262,6 +287,7 @@ def main() -> None:
         checks = {
             "gpu_tests": gpu_tests,
             "train_steps": lambda: train_steps(args.width, args.batch, args.steps),
+            "eager_vs_compiled": lambda: eager_vs_compiled(args.width, args.batch, args.steps),
             "torch_inference": lambda: torch_inference(args.width),
         }
         with tempfile.TemporaryDirectory() as tmp:

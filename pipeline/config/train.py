@@ -66,7 +66,14 @@ class TrainConfig(Strict):
         description="NHWC memory format for model and inputs; auto = on a CPU, or on a GPU with "
         "mixed precision (where it is faster), off otherwise",
     )
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the training step: the model's forward and backward and the "
+        "method's loss (the optimizer runs eagerly); auto = on a GPU only (on a CPU the compiled "
+        "ama step measured slower than eager, and compiling costs more than a short run saves: "
+        "benchmarks/README.md); under compile the training loader drops a ragged last batch, so "
+        "every step has one shape and nothing recompiles",
+    )
     reuse_host_memory: bool = Field(
         True,
         description="CPU training on Linux/glibc: keep freed large blocks for the next step "

@@ -267,6 +267,7 @@ def make_loader(
     pin_memory: bool = False,
     persistent_workers: bool | None = None,
     worker_init_fn: Callable[[int], None] | None = None,
+    drop_last: bool = False,
 ) -> DataLoader:
     """`persistent_workers=None` keeps workers alive whenever there are any."""
     n = resolve_workers(workers, dataset)
@@ -281,5 +282,5 @@ def make_loader(
         persistent_workers=n > 0 if persistent_workers is None else (n > 0 and persistent_workers),
         pin_memory=pin_memory,
         worker_init_fn=worker_init_fn if n > 0 else None,
-        drop_last=False,
+        drop_last=drop_last,
     )

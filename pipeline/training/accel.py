@@ -159,6 +159,24 @@ def use_channels_last(t: TrainConfig, device: torch.device, narrowest: int) -> b
     return t.mixed_precision != "no"
 
 
+# The torch.compile backend of a compiled training step; "aot_eager" (the same graphs, run by
+# eager kernels) lets a test exercise the compiled path without a C++ toolchain's compile time.
+COMPILE_BACKEND_ENV = "PIPELINE_COMPILE_BACKEND"
+
+
+def use_compile(t: TrainConfig, device: torch.device) -> bool:
+    """Resolve `train.compile`: auto compiles on a GPU, where the step is launch-bound and
+    fusion pays; on a CPU the compiled self-distillation step measured slower than eager and
+    its compile time (1-2 minutes) exceeds a short run's whole training (benchmarks/README.md)."""
+    if t.compile != "auto":
+        return bool(t.compile)
+    return device.type == "cuda"
+
+
+def compile_backend() -> str:
+    return os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+
+
 def seed_worker(worker_id: int) -> None:
     """Data workers get torch seeds from the loader; numpy and random need the same."""
     seed = torch.initial_seed() % 2**32
@@ -221,13 +239,15 @@ def loaders(
     pair: bool = False,
     device: torch.device | None = None,
     rank: int = 0,
+    drop_last: bool = False,
 ) -> tuple:
     """Train, validation and test loaders. `index` / `pair`: the training batches carry the
     extras a method asks for (`SampleExtras`), as a third element. `device`: the training
     batches are made on that device (`DeviceBatches`, this process being `rank` of
-    `plan.processes`) instead of by a DataLoader."""
+    `plan.processes`) instead of by a DataLoader. `drop_last`: the training loader drops a ragged
+    last batch (a compiled step keeps one shape; batches made on the device always do)."""
 
-    def one(ds: Dataset, shuffle: bool) -> DataLoader:
+    def one(ds: Dataset, shuffle: bool, drop: bool = False) -> DataLoader:
         return make_loader(
             ds,
             plan.per_process,
@@ -239,6 +259,7 @@ def loaders(
             # are seeded from the loader's generator, which a resume restores.
             persistent_workers=on_gpu and not t.deterministic,
             worker_init_fn=seed_worker,
+            drop_last=drop,
         )
 
     evals = one(bundle.val, False), one(bundle.test, False)
@@ -260,4 +281,4 @@ def loaders(
         train_set = SampleExtras(train_set, index=index, pair=pair)
     if t.deterministic:
         train_set = SeededSamples(train_set, t.seed)
-    return one(train_set, True), *evals
+    return one(train_set, True, drop_last), *evals

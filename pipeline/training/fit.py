@@ -134,6 +134,7 @@ def _build(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     on_device = accel.train_on_device(cfg.data.on_device, bundle, acc.device)
+    compiled = accel.use_compile(t, acc.device)
     loaders = accel.loaders(
         bundle,
         t,
@@ -144,11 +145,10 @@ def _build(
         pair=method.needs_pair,
         device=acc.device if on_device else None,
         rank=acc.process_index,
+        drop_last=compiled,
     )
     method.attach(len(bundle.train), acc.device)
     optimizer = make_optimizer(model, t)
-    if t.compile:
-        model = torch.compile(model)
     if on_device:  # batches are made on the device already; Accelerate prepares the rest
         model, optimizer, *evals = acc.prepare(model, optimizer, *loaders[1:])
         loaders = [loaders[0], *evals]
@@ -178,7 +178,21 @@ def _build(
         bar=bar,
         loaders=tuple(loaders),
         channels_last=channels_last,
+        compile_step=compiled,
     )
+
+
+def _compile_step(tr: Trainer) -> None:
+    """Under compile only the training step runs compiled: `train_forward` and the method's
+    loss. The model itself stays the eager module, so checkpoints and the saved model have the
+    same keys either way (no `_orig_mod.` prefix), evaluation's ragged batches never recompile,
+    and the head-stability check (a double backward) runs eagerly before this."""
+    if not tr.compile_step:
+        return
+    backend = accel.compile_backend()
+    tr.train_forward = torch.compile(tr.model, backend=backend, dynamic=False)
+    tr.method.compile(backend=backend)
+    log.info("training step compiled with torch.compile (backend %s)", backend)
 
 
 def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:
@@ -320,7 +334,11 @@ def _summary(
         "lr": scaled_lr(t),
         "nan_skips": tr.state.nan_skips,
         "resumed_from": tr.resumed_from,
+        "compiled": tr.train_forward is not None,
     }
+    if tr.compile_s is not None:
+        # the first compiled step of this process: graph capture and code generation, paid once
+        metrics["compile_s"] = tr.compile_s
     if "aux_top1" in test:
         metrics["test_aux_top1"] = test["aux_top1"]
     if last.get("val_aux_top1") is not None:
@@ -347,7 +365,6 @@ def _head_stability(tr: Trainer, cfg: PipelineConfig, bundle: DataBundle, work: 
         return
     t = cfg.train
     model = tr.accelerator.unwrap_model(tr.model)
-    model = getattr(model, "_orig_mod", model)  # under torch.compile: the module it compiled
     try:
         est = check_head(
             model,
@@ -425,6 +442,7 @@ def _fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None
     tr = _build(cfg, bundle, work, spec, start)
     if start is None:
         _head_stability(tr, cfg, bundle, work)
+    _compile_step(tr)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):
         history = _train(tr, cfg, len(bundle.val) > 0, work / "metrics.jsonl")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -15,6 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 from pipeline.config import TrainConfig
 from pipeline.errors import StageError
 from pipeline.training.checkpoint import Checkpointer, TrainerState
+
+log = logging.getLogger("pipeline.train")
 
 
 class StopRequested(KeyboardInterrupt):
@@ -61,6 +64,11 @@ class Trainer:
     loaders: tuple = ()
     channels_last: bool = False
     resumed_from: str | None = None
+    # `train.compile` resolved; the compiled training forward (None: eager), set by the stage
+    # once the model is ready. `model` stays the eager module.
+    compile_step: bool = False
+    train_forward: Any = None
+    compile_s: float | None = None  # wall time of the first compiled step (compile included)
     # Running sums (loss and its parts times images, correct, seen) kept on the device so a
     # step never waits for the GPU; named by `keys`, fixed by the method's first loss.
     keys: tuple[str, ...] = ()
@@ -143,9 +151,12 @@ def _step(
 ) -> bool:
     """One micro-batch; returns False when a stop was requested before it ran."""
     acc = tr.accelerator
+    forward = tr.model if tr.train_forward is None else tr.train_forward
+    first_compiled = tr.train_forward is not None and tr.compile_s is None
+    t0 = time.perf_counter()
     with acc.accumulate(tr.model):
         with acc.autocast():
-            out = tr.model(_prepare_inputs(images, tr.channels_last))
+            out = forward(_prepare_inputs(images, tr.channels_last))
             inputs = tr.method.extra_inputs(_forward(tr), extras)
             loss = tr.method.loss(out, targets, epoch, **inputs)
         finite, stop = _flags(tr, loss.total)
@@ -159,6 +170,9 @@ def _step(
             # Accelerate's even batches give every rank the same batch size, as gather needs.
             tr.method.record(out, extras, acc.gather)
             tr.add(loss, (out.logits.detach().argmax(1) == targets).sum(), targets.size(0))
+    if first_compiled:
+        tr.compile_s = time.perf_counter() - t0
+        log.info("first compiled training step (compile included): %.1f s", tr.compile_s)
     return True
 
 

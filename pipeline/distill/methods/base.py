@@ -12,6 +12,9 @@ What a method may ask of the training loop, by class attribute:
 - `needs_pair`: another training image of the same class per sample, drawn uniformly and
   augmented on its own, as `extras["pair"]`.
 
+Under `train.compile` the loop calls `compile(backend=...)` once before training; a method may
+compile its loss's tensor arithmetic there (Python-side decisions stay outside the graph).
+
 Per step the loop calls `extra_inputs(forward, extras)` (inside autocast; what it returns goes
 to `loss` as keywords), `loss(out, targets, epoch, **inputs)`, and after an optimizer update
 with a finite loss `record(out, extras, gather)`. A method with per-sample state keeps it in
@@ -87,6 +90,10 @@ class Method:
 
     def attach(self, num_samples: int, device: torch.device) -> None:
         """Called once before training with the training set's size and the training device."""
+
+    def compile(self, **kwargs) -> None:
+        """Compile the loss's tensor arithmetic with `torch.compile(**kwargs)` (a compiled
+        training step); a method whose loss is one or two kernels keeps it eager."""
 
     def extra_inputs(self, forward: Forward, extras: dict[str, torch.Tensor]) -> dict[str, Any]:
         """What `loss` reads besides the batch's own outputs (keyword arguments)."""

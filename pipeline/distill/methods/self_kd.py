@@ -89,37 +89,84 @@ class SelfKD(Method):
     def mix_active(self, epoch: int) -> bool:
         return self.use_mix and self.options.beta_mix > 0 and epoch >= self.mix_warmup_epochs
 
+    compiled = False
+
+    def compile(self, **kwargs) -> None:
+        # One graph per value of `mix` (off during the warm-up, then on); under compile the KL
+        # weight goes in as a 0-d tensor, not a constant, so its warm-up ramp recompiles nothing.
+        self._terms = torch.compile(_terms, dynamic=False, **kwargs)
+        self.compiled = True
+
+    def _terms(self, *args, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return _terms(*args, **kwargs)
+
     def loss(self, out: ModelOutput, targets: torch.Tensor, epoch: int, **inputs) -> LossOutput:
         if out.aux_logits is None:
             raise ValueError(
                 f"method {self.name!r} needs the self-teacher's outputs (model.aux is None)"
             )
         c = self.options
-        s_atts, t_atts = attention_maps(out.features, out.aux_features)
-        eps = c.label_smoothing
-        parts = {
-            "ce": F.cross_entropy(out.logits.float(), targets, label_smoothing=eps),
-            "ce_aux": F.cross_entropy(out.aux_logits.float(), targets, label_smoothing=eps),
-            "kd": self.kd_weight(epoch) * kd_loss(out.logits, out.aux_logits, c.temperature),
-            "at": c.beta * attention_transfer(s_atts, t_atts),
-        }
-        total = sum(parts.values())
-        if self.mix_active(epoch):
-            lam = dynamic_ratio(out.aux_logits, targets, kind=c.ratio)
-            mix = mixed_attention(
-                s_atts,
-                t_atts,
-                lam,
-                mask=c.mask,
-                kappa=c.kappa,
-                invert=c.ratio_invert,
-            )
-            parts["mix"] = c.beta_mix * mix
-            total = total + parts["mix"]
-            parts["mix_ratio"] = lam.mean()
-        else:
-            parts["mix"] = torch.zeros((), device=out.logits.device)
-        return LossOutput(total, {k: v.detach() for k, v in parts.items()})
+        kd_weight = self.kd_weight(epoch)
+        if self.compiled:
+            kd_weight = torch.full((), kd_weight, device=out.logits.device)
+        total, parts = self._terms(
+            out.logits,
+            out.aux_logits,
+            out.features,
+            out.aux_features,
+            targets,
+            kd_weight,
+            self.mix_active(epoch),
+            temperature=c.temperature,
+            beta=c.beta,
+            beta_mix=c.beta_mix,
+            label_smoothing=c.label_smoothing,
+            ratio=c.ratio,
+            mask=c.mask,
+            kappa=c.kappa,
+            invert=c.ratio_invert,
+        )
+        return LossOutput(total, parts)
+
+
+def _terms(
+    logits: torch.Tensor,
+    aux_logits: torch.Tensor,
+    features: list[torch.Tensor],
+    aux_features: list[torch.Tensor],
+    targets: torch.Tensor,
+    kd_weight: float | torch.Tensor,
+    mix: bool,
+    *,
+    temperature: float,
+    beta: float,
+    beta_mix: float,
+    label_smoothing: float,
+    ratio: str,
+    mask: str,
+    kappa: float,
+    invert: bool,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss's tensor arithmetic, each weighted term in `parts` (detached): no host syncs and
+    no data-dependent Python control flow, so `torch.compile` captures it in one graph."""
+    s_atts, t_atts = attention_maps(features, aux_features)
+    eps = label_smoothing
+    parts = {
+        "ce": F.cross_entropy(logits.float(), targets, label_smoothing=eps),
+        "ce_aux": F.cross_entropy(aux_logits.float(), targets, label_smoothing=eps),
+        "kd": kd_weight * kd_loss(logits, aux_logits, temperature),
+        "at": beta * attention_transfer(s_atts, t_atts),
+    }
+    total = parts["ce"] + parts["ce_aux"] + parts["kd"] + parts["at"]
+    if mix:
+        lam = dynamic_ratio(aux_logits, targets, kind=ratio)
+        m = mixed_attention(s_atts, t_atts, lam, mask=mask, kappa=kappa, invert=invert)
+        parts["mix"] = beta_mix * m
+        total = total + parts["mix"]
+        parts["mix_ratio"] = lam.mean()
+    else:
+        parts["mix"] = torch.zeros((), device=logits.device)
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 @register_method("frskd")

@@ -1,0 +1,116 @@
+"""`train.compile`: the compiled step computes what the eager one does, and checkpoints move
+between the two.
+
+torch.compile's default back end (inductor) generates and builds C++ for every graph, a minute
+or more for this model on a 2-core CPU, so these tests compile with `aot_eager`: the same
+dynamo capture and AOT-autograd graphs (forward, backward, the loss as one graph), run by eager
+kernels. Inductor's reordered sums are measured by `benchmarks/step_time.py` (see
+benchmarks/README.md for the figures).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import load_config
+from pipeline.distill import create_method
+from pipeline.models import SelfDistillModel, create_model
+from pipeline.training import accel
+
+BACKEND = "aot_eager"
+
+
+def _trajectory(compiled: bool, steps: int = 3) -> tuple[list[dict], list[torch.Tensor]]:
+    """`steps` SGD steps of `ama` (L_mix from the first step) on one fixed batch."""
+    torch.manual_seed(0)
+    method = create_method("ama", {"mix_warmup_epochs": 1}, num_classes=10, epochs=4)
+    backbone = create_model(
+        "resnet18", num_classes=10, stem="cifar", width=0.125, feature_taps=True
+    )
+    model = SelfDistillModel(backbone, method.build_aux(backbone))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    forward = model
+    if compiled:
+        forward = torch.compile(model, backend=BACKEND, dynamic=False)
+        method.compile(backend=BACKEND)
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    rows = []
+    for step in range(steps):
+        loss = method.loss(forward(x), y, epoch=min(step, 1))  # epoch 0: without L_mix
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+        rows.append({"total": loss.total.item(), **{k: v.item() for k, v in loss.parts.items()}})
+    return rows, [p.detach().clone() for p in model.parameters()]
+
+
+def test_compiled_step_matches_eager_over_a_few_steps(one_thread):
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, eager_w = _trajectory(False)
+    compiled, compiled_w = _trajectory(True)
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    # the model's graph and the loss's two (without L_mix, then with it): nothing recompiles
+    assert counters["stats"]["unique_graphs"] == 3
+    for e, c in zip(eager, compiled, strict=True):
+        assert e.keys() == c.keys()
+        for k in e:
+            assert c[k] == pytest.approx(e[k], rel=1e-5, abs=1e-6), k
+    for a, b in zip(eager_w, compiled_w, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_compiles_on_a_gpu_only():
+    cfg = load_config(None, []).train
+    assert cfg.compile == "auto"
+    assert accel.use_compile(cfg, torch.device("cuda")) is True
+    assert accel.use_compile(cfg, torch.device("cpu")) is False
+    on = load_config(None, ["train.compile=true"]).train
+    off = load_config(None, ["train.compile=false"]).train
+    assert accel.use_compile(on, torch.device("cpu")) is True
+    assert accel.use_compile(off, torch.device("cuda")) is False
+
+
+SMALL = ["data.max_per_class=12", "train.batch_size=16", "train.method=ama"]
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("first,then", [("true", "false"), ("false", "true")])
+def test_a_checkpoint_resumes_across_compile(tiny_overrides, tmp_path, monkeypatch, first, then):
+    """One epoch with `train.compile=first`, then the same work folder trained on to two epochs
+    with `then`: the second resumes from the first's checkpoint (same keys, no `_orig_mod.`)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    from pipeline.data import build_data
+    from pipeline.training.fit import fit
+
+    monkeypatch.setenv(accel.COMPILE_BACKEND_ENV, BACKEND)
+    torch._dynamo.reset()
+    base = [*tiny_overrides, *SMALL, "train.checkpoint_every_epochs=1"]
+    cfg = load_config(None, [*base, "train.epochs=1", f"train.compile={first}"])
+    bundle = build_data(cfg.data)
+    work = tmp_path / "work"
+    work.mkdir()
+    one = fit(cfg, bundle, work)
+    assert one["compiled"] is (first == "true")
+    assert ("compile_s" in one) is (first == "true")
+    saved = load_file(str(work / "model.safetensors"))
+    assert not any("_orig_mod" in k for k in saved)
+    # the checkpoint's model state holds the eager module's keys, whichever mode wrote it
+    (ckpt,) = work.glob("checkpoints/*/model.safetensors")
+    assert set(load_file(str(ckpt))) == set(saved)
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    cfg2 = load_config(None, [*base, "train.epochs=2", f"train.compile={then}"])
+    two = fit(cfg2, bundle, work)
+    rows = [json.loads(r) for r in (work / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert two["resumed_from"] is not None
+    assert two["compiled"] is (then == "true")
