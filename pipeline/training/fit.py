@@ -134,7 +134,7 @@ def _build(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     on_device = accel.train_on_device(cfg.data.on_device, bundle, acc.device)
-    compiled = accel.use_compile(t, acc.device)
+    compiled = accel.use_compile(t, acc.device, self_teacher=method.needs_features)
     loaders = accel.loaders(
         bundle,
         t,

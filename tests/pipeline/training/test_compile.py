@@ -66,15 +66,17 @@ def test_compiled_step_matches_eager_over_a_few_steps(one_thread):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_auto_compiles_on_a_gpu_only():
+def test_auto_compiles_a_gpu_step_without_a_self_teacher_only():
     cfg = load_config(None, []).train
     assert cfg.compile == "auto"
-    assert accel.use_compile(cfg, torch.device("cuda")) is True
-    assert accel.use_compile(cfg, torch.device("cpu")) is False
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert accel.use_compile(cfg, cuda, self_teacher=False) is True
+    assert accel.use_compile(cfg, cuda, self_teacher=True) is False
+    assert accel.use_compile(cfg, cpu, self_teacher=False) is False
     on = load_config(None, ["train.compile=true"]).train
     off = load_config(None, ["train.compile=false"]).train
-    assert accel.use_compile(on, torch.device("cpu")) is True
-    assert accel.use_compile(off, torch.device("cuda")) is False
+    assert accel.use_compile(on, cpu, self_teacher=True) is True
+    assert accel.use_compile(off, cuda, self_teacher=False) is False
 
 
 SMALL = ["data.max_per_class=12", "train.batch_size=16", "train.method=ama"]
