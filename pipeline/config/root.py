@@ -50,14 +50,33 @@ class PipelineConfig(Strict):
             self.slim = self.slim.model_copy(update={"distill": options})
         return self
 
+    @model_validator(mode="after")
+    def _scratch_schedule_fits(self) -> PipelineConfig:
+        """`slim.init: scratch` trains with train.schedule and train.warmup_epochs."""
+        s = self.slim
+        if s.enabled and s.init == "scratch" and self.train.warmup_epochs >= s.recovery_epochs:
+            raise ValueError(
+                f"slim.init: scratch warms up for train.warmup_epochs ({self.train.warmup_epochs}"
+                f"), which must be < its epochs ({s.recovery_epochs}, slim.scratch_epochs or "
+                "slim.epochs): raise slim.scratch_epochs"
+            )
+        return self
+
     @property
     def run_path(self) -> Path:
         return self.run_dir / self.name
 
     def sections(self, names: tuple[str, ...]) -> dict[str, Any]:
-        """These top-level sections as plain JSON data (what a stage's key depends on)."""
+        """These sections as plain JSON data (what a stage's key depends on): a top-level
+        section by its name (`slim`), or a part of one by its dotted path (`export.int8`)."""
         dump = self.model_dump(mode="json", by_alias=True)
-        return {k: dump[k] for k in names}
+        out = {}
+        for name in names:
+            value: Any = dump
+            for part in name.split("."):
+                value = value[part]
+            out[name] = value
+        return out
 
     def recovery_method(self) -> str:
         """The slim stage's fine-tuning method: slim.method, where `auto` is train.method."""
@@ -66,11 +85,14 @@ class PipelineConfig(Strict):
     def recovery_options(self) -> BaseModel:
         """The recovery method's options: slim.distill where set; else train.distill where the
         recovery method is train.method, as fine-tuning a trained network takes them (for
-        `frskd`/`ama`: no KL warm-up); else the recovery method's defaults."""
+        `frskd`/`ama`: no KL warm-up), or as they are with `slim.init: scratch` (a network at
+        its initial weights, as training had); else the recovery method's defaults."""
         if self.slim.distill is not None:
             return self.slim.distill
         method = self.recovery_method()
         if method == self.train.method:
+            if self.slim.init == "scratch":
+                return self.train.distill
             return self.train.distill.for_recovery()
         return method_options(method, None, "slim.distill")
 

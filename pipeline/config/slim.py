@@ -12,7 +12,15 @@ from pipeline.distill import METHODS
 
 class SlimConfig(Strict):
     """Structured channel pruning of the classifier (the `slim` stage), then recovery by
-    fine-tuning with the self-teacher still attached. `ratio: 0` (and no budget) is off."""
+    fine-tuning with the self-teacher still attached. `ratio: 0` (and no budget) is off.
+
+    Recovery recipes: `method` picks what recovery trains with (its own loss and, for
+    `frskd`/`ama`, its self-teacher); `teacher: unpruned` adds the frozen unpruned classifier
+    as a teacher beside it (a KL term on temperature-softened logits, `teacher_kd`), so `ce`
+    with it is plain knowledge distillation and `ama` with it learns from both teachers;
+    `init: scratch` keeps only the pruned architecture (its widths, as the trained weights
+    chose them) and trains it from freshly initialised weights, the control for whether the
+    pruned weights matter."""
 
     ratio: float = Field(
         0.0, ge=0.0, lt=1.0, description="fraction of channels removed; 0 with no budget = off"
@@ -53,6 +61,32 @@ class SlimConfig(Strict):
         "them for train.method); None = train.distill where the recovery method is "
         "train.method, else that method's defaults",
     )
+    teacher: Literal["none", "unpruned"] = Field(
+        "none",
+        description="recovery: 'unpruned' also distils from the frozen unpruned classifier "
+        "(teacher_weight * T^2 * KL(softmax(z_teacher/T) || softmax(z_student/T))), beside "
+        "what slim.method trains",
+    )
+    teacher_temperature: float = Field(
+        4.0, gt=0.0, description="with teacher 'unpruned': the softening temperature T"
+    )
+    teacher_weight: float = Field(
+        1.0, gt=0.0, description="with teacher 'unpruned': the weight of its KL term (times T^2)"
+    )
+    init: Literal["pruned", "scratch"] = Field(
+        "pruned",
+        description="what recovery starts from: the pruned weights, or 'scratch': the pruned "
+        "architecture freshly initialised (train.seed) and trained from scratch (the control)",
+    )
+    scratch_epochs: int | None = Field(
+        None, ge=1, description="with init 'scratch': its epochs; None = slim.epochs"
+    )
+    scratch_lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="with init 'scratch': its learning rate at lr_reference_batch; None = "
+        "train.lr (schedule and warm-up: train.schedule, train.warmup_epochs)",
+    )
 
     @field_validator("method")
     @classmethod
@@ -88,6 +122,51 @@ class SlimConfig(Strict):
                 f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _recipe_fits(self) -> SlimConfig:
+        """The recovery recipe's keys where they mean something."""
+        # by value, not by presence: a resolved config (`config.yaml`, a launch's) holds every key
+        fields = type(self).model_fields
+        if not self.enabled and (self.teacher != "none" or self.init != "pruned"):
+            what = "teacher: unpruned" if self.teacher != "none" else "init: scratch"
+            raise ValueError(
+                f"slim.{what} needs slimming on, but slim is off (slim.ratio 0 and no "
+                "budget): set slim.ratio (or slim.macs / slim.latency_ms), or remove "
+                f"slim.{what.split(':')[0]}"
+            )
+        for k in ("teacher_temperature", "teacher_weight"):
+            if self.teacher == "none" and getattr(self, k) != fields[k].default:
+                raise ValueError(
+                    f"slim.{k} is {getattr(self, k)} but slim.teacher is 'none', so nothing "
+                    "reads it: set slim.teacher: unpruned, or remove it"
+                )
+        for k in ("scratch_epochs", "scratch_lr"):
+            if self.init != "scratch" and getattr(self, k) is not None:
+                raise ValueError(
+                    f"slim.{k} is set but slim.init is 'pruned' (recovery fine-tunes the "
+                    "pruned weights with slim.epochs and slim.lr): set slim.init: scratch, "
+                    "or remove it"
+                )
+        if self.enabled and self.recovery_epochs == 0:
+            if self.init == "scratch":
+                raise ValueError(
+                    "slim.init: scratch with 0 epochs would ship an untrained network: set "
+                    "slim.scratch_epochs (or slim.epochs) to 1 or more"
+                )
+            if self.teacher != "none":
+                raise ValueError(
+                    "slim.teacher: unpruned with slim.epochs 0: there is no recovery to "
+                    "distil into; set slim.epochs to 1 or more, or slim.teacher: none"
+                )
+        return self
+
+    @property
+    def recovery_epochs(self) -> int:
+        """The epochs recovery trains: slim.epochs, or slim.scratch_epochs from scratch."""
+        if self.init == "scratch" and self.scratch_epochs is not None:
+            return self.scratch_epochs
+        return self.epochs
 
     @property
     def enabled(self) -> bool:

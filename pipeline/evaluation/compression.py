@@ -1,5 +1,6 @@
 """Export-and-measure for the compression table: a classifier exported to ONNX FP32 and INT8
-(the default INT8 recipe) and measured as validation measures (parameters, MACs, ONNX size,
+(the run's `export.int8` recipe, as the export stage makes it) and measured as validation
+measures (parameters, MACs, ONNX size,
 top-1 on the test split, ONNX Runtime batch-1 latency and throughput); the table of two such
 rows; and the batch-1 latency probe a latency budget prunes against."""
 
@@ -13,8 +14,7 @@ import numpy as np
 import torch
 
 from export.onnx import export_onnx
-from export.quantize import quantize_int8
-from pipeline.config import ExportConfig
+from export.quantize import quantization_of, quantize_int8
 from pipeline.evaluation.scoring import score, test_arrays
 from pipeline.models import classifier_only, count_macs, count_parameters
 from pipeline.timing import latency
@@ -47,15 +47,16 @@ def ort_latency_probe(
 def measure_classifier(
     cfg: PipelineConfig, data: DataBundle, model: torch.nn.Module, work: Path
 ) -> dict[str, Any]:
-    """One classifier, as ONNX FP32 and INT8 (default recipe) in `work`, measured like
-    validation does."""
+    """One classifier, as ONNX FP32 and INT8 (the run's `export.int8` recipe, opset and
+    calibration images) in `work`, measured like validation does; the INT8 row records the
+    recipe applied (`int8.recipe`)."""
     work.mkdir(parents=True, exist_ok=True)
     xs, ys = test_arrays(data)
     example = torch.from_numpy(xs[:2])
     fp32, int8 = work / "model.onnx", work / "model.int8.onnx"
     export_onnx(model, example, fp32, cfg.export.opset)
     calibration = data.calibration_batch(cfg.export.calibration_samples)
-    quantize_int8(fp32, int8, calibration, ExportConfig().int8)
+    quantize_int8(fp32, int8, calibration, cfg.export.int8)
     row: dict[str, Any] = {
         "params": count_parameters(model),
         "macs": count_macs(model, example[:1]),
@@ -69,6 +70,7 @@ def measure_classifier(
             "latency_ms": scored["latency_ms"],
             "throughput": scored["throughput"],
         }
+    row["int8"]["recipe"] = quantization_of(int8)
     return row
 
 

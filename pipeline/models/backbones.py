@@ -216,6 +216,13 @@ class WideResNet(nn.Module):
 
 
 def _init(model: nn.Module) -> None:
+    init_weights(model)
+
+
+def init_weights(model: nn.Module) -> None:
+    """The classifiers' initialisation (convolutions He-normal, fan-out; batch norms 1 and 0),
+    from torch's global generator: on a freshly built network, or on one whose layers were
+    rebuilt at recorded widths (`slim.init: scratch`)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -331,17 +331,36 @@ def _compression(r: dict[str, Any]) -> Section | None:
         "images/s",
         "speed-up vs unpruned FP32",
     ]
+    recipe = sl.get("recipe") or {}
+    teacher = (
+        f" with the frozen unpruned classifier as teacher (T {recipe['teacher_temperature']:g}, "
+        f"weight {recipe['teacher_weight']:g})"
+        if recipe.get("teacher") == "unpruned"
+        else ""
+    )
+    how = (
+        "trained from scratch (the pruned architecture, fresh weights) by"
+        if recipe.get("init") == "scratch"
+        else "recovered by"
+    )
     recovered = (
-        f"recovered by `{sl['recovery_method']}` fine-tuning for {rec['epochs']} epochs "
+        f"{how} `{sl['recovery_method']}`{teacher} for {rec['epochs']} epochs "
         f"({rec['train_s']:.0f} s)"
         if rec
         else "not fine-tuned (slim.epochs 0)"
     )
+    q = c["slim"]["int8"].get("recipe") or {}
+    int8 = (
+        f": {q['format']}, {q['calibration']} calibration, {q['weight_bits']}-bit weights"
+        if q
+        else ""
+    )
     text = (
         f"Channel pruning removed {pr['ratio']:.0%} of the prunable channels "
         f"({f.count(pr['before']['params'])} -> {f.count(pr['after']['params'])} parameters), "
-        f"{recovered}. Both classifiers were exported to ONNX (FP32, and INT8 with the default "
-        "recipe) and measured side by side in the slim stage with ONNX Runtime on the test split."
+        f"{recovered}. Both classifiers were exported to ONNX (FP32, and INT8 with the run's "
+        f"`export.int8` recipe{int8}) and measured side by side in the slim stage with ONNX "
+        "Runtime on the test split."
     )
     return Section("Compression", [text, Table(header, rows)])
 

@@ -26,12 +26,18 @@ class Stage:
     name: str
     run: StageFn
     inputs: tuple[str, ...]  # the stages whose manifests it reads
-    config: tuple[str, ...]  # the config sections its key depends on
+    config: tuple[str, ...]  # the config sections its key depends on (`export.int8`: a part)
 
 
 TABLE: tuple[Stage, ...] = (
     Stage("train", train.run, inputs=(), config=("data", "model", "train")),
-    Stage("slim", slim.run, inputs=("train",), config=("slim",)),
+    # the compression table exports both classifiers as the export stage would
+    Stage(
+        "slim",
+        slim.run,
+        inputs=("train",),
+        config=("slim", "export.opset", "export.calibration_samples", "export.int8"),
+    ),
     Stage("prune", prune.run, inputs=("slim",), config=("prune",)),
     Stage("export", export.run, inputs=("train", "slim", "prune"), config=("export",)),
     Stage("validate", validate.run, inputs=("prune", "export"), config=("validate",)),

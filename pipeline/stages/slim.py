@@ -3,12 +3,15 @@
 1. The trained model is pruned with the recovery method's auxiliary branch attached
    (`pipeline.training.slimming.prune_trained`, through Torch-Pruning's dependency graph);
    the pruned network is kept in `pruned/`.
-2. Recovery fine-tunes it through the training code (`slimming.recover`), so it checkpoints
-   and resumes like training.
+2. Recovery trains it through the training code (`slimming.recover`), so it checkpoints
+   and resumes like training: the pruned weights fine-tuned, or (`slim.init: scratch`) the
+   pruned architecture from fresh weights; with `slim.teacher: unpruned` the frozen unpruned
+   classifier also teaches it (`teacher_kd`). What it did is `recipe` in the metrics.
 3. The compression table (`pipeline.evaluation.compression`): the unpruned and the slim
-   classifier, each exported to ONNX FP32 and INT8 (the default INT8 recipe) and measured side
-   by side here: parameters, MACs, ONNX size, top-1 on the test split, ONNX Runtime batch-1
-   latency and throughput.
+   classifier, each exported to ONNX FP32 and INT8 (the run's `export.int8` recipe, opset and
+   calibration images, so the stage key holds those keys) and measured side by side here:
+   parameters, MACs, ONNX size, top-1 on the test split, ONNX Runtime batch-1 latency and
+   throughput.
 
 With `slim.ratio: 0` and no budget the trained model passes through unchanged (same bytes).
 """
@@ -38,7 +41,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         return StageResult(metrics={"slimmed": False})
     probe = functools.partial(ort_latency_probe, cfg)
     record = slimming.prune_trained(cfg, ctx.data, train_dir, out_dir / "pruned", probe)
-    recovery = slimming.recover(cfg, ctx.data, out_dir / "pruned", out_dir)
+    recovery = slimming.recover(cfg, ctx.data, out_dir / "pruned", out_dir, train_dir)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # measured; not artefacts
         table = compression_table(
             measure_classifier(
@@ -56,6 +59,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     metrics = {
         "slimmed": True,
         "recovery_method": slimming.recovery_method(cfg),
+        "recipe": slimming.recipe(cfg),
         "pruning": record,
         "recovery": recovery,
         "compression": table,

@@ -4,6 +4,10 @@
 auxiliary branches included) and `metrics.jsonl` (one line per epoch) into the work folder, and
 checkpoints under `checkpoints/` (their index names the latest), so a killed run resumes where
 it stopped. Rank 0 also leaves its metrics in `checkpoints/result.json` for a launching parent.
+
+The slim stage's recovery trains through here too: from a saved model (`start`), its weights
+or (`fresh`) its architecture alone freshly initialised, and optionally with a frozen
+teacher (`teacher`, `training.teacher`) whose KL term is added to the method's loss.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from pipeline.training import accel, ranks
 from pipeline.training.checkpoint import RESULT_FILE, Checkpointer, TrainerState
 from pipeline.training.host_memory import reuse_freed_memory
 from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, train_one_epoch
-from pipeline.training.model import build_training_model, model_spec
+from pipeline.training.model import build_training_model, fresh_training_model, model_spec
 from pipeline.training.stability import check_head, head_warning
+from pipeline.training.teacher import TeacherSource, UnprunedTeacher
 
 log = logging.getLogger("pipeline.train")
 
@@ -117,7 +122,13 @@ def start_spec(cfg: PipelineConfig, bundle: DataBundle, start: Path | None) -> M
 
 
 def _build(
-    cfg: PipelineConfig, bundle: DataBundle, work: Path, spec: ModelSpec, start: Path | None
+    cfg: PipelineConfig,
+    bundle: DataBundle,
+    work: Path,
+    spec: ModelSpec,
+    start: Path | None,
+    teacher: TeacherSource | None = None,
+    fresh: bool = False,
 ) -> Trainer:
     t = cfg.train
     acc = accel.make_accelerator(t, work)
@@ -125,14 +136,19 @@ def _build(
     set_seed(t.seed)
     accel.start_tracking(acc, cfg)
     plan = accel.batch_plan(t, acc.num_processes)
-    model, method = build_training_model(spec, t.distill, t.epochs)
-    if start is not None:
+    if fresh:  # the start model's architecture, its weights not loaded
+        model, method = fresh_training_model(spec, t.distill, t.epochs)
+    else:
+        model, method = build_training_model(spec, t.distill, t.epochs)
+    if start is not None and not fresh:
         load_weights(model, start, "model")
         model.train()
+    initial_sha256 = weights_sha256(model) if start is not None else None
     narrowest = min(m.out_channels for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
     channels_last = accel.use_channels_last(t, acc.device, narrowest)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    unpruned = UnprunedTeacher.load(teacher, acc.device, channels_last) if teacher else None
     on_device = accel.train_on_device(cfg.data.on_device, bundle, acc.device)
     compiled = accel.use_compile(t, acc.device, self_teacher=method.needs_features)
     loaders = accel.loaders(
@@ -179,6 +195,10 @@ def _build(
         loaders=tuple(loaders),
         channels_last=channels_last,
         compile_step=compiled,
+        teacher=unpruned,
+        teacher_sha256=weights_sha256(unpruned.net) if unpruned else None,
+        initial_sha256=initial_sha256,
+        fresh=fresh,
     )
 
 
@@ -336,6 +356,14 @@ def _summary(
         "resumed_from": tr.resumed_from,
         "compiled": tr.train_forward is not None,
     }
+    if tr.initial_sha256 is not None:  # a training from a saved model: how it started
+        metrics["start"] = {"fresh": tr.fresh, "initial_weights_sha256": tr.initial_sha256}
+    if tr.teacher is not None:  # frozen: the same weights (and batch-norm statistics) after
+        metrics["teacher"] = {
+            **tr.teacher.source.to_dict(),
+            "weights_sha256_start": tr.teacher_sha256,
+            "weights_sha256_end": weights_sha256(tr.teacher.net),
+        }
     if tr.compile_s is not None:
         # the first compiled step of this process: graph capture and code generation, paid once
         metrics["compile_s"] = tr.compile_s
@@ -426,21 +454,43 @@ def _finish(tr: Trainer, spec: ModelSpec, work: Path, metrics: dict) -> None:
     _write_outputs_guarded(result, write_result)
 
 
-def fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None = None) -> dict:
+def fit(
+    cfg: PipelineConfig,
+    bundle: DataBundle,
+    work: Path,
+    start: Path | None = None,
+    *,
+    teacher: TeacherSource | None = None,
+    fresh: bool = False,
+) -> dict:
     """Train (or resume) in `work`; every rank calls this. Returns the run's metrics.
 
     `start`: a folder with a saved training model (`model.safetensors` + `model.json`) to
-    fine-tune instead of training the config's model from scratch (the slim stage's recovery).
+    fine-tune instead of training the config's model from scratch (the slim stage's recovery);
+    with `fresh`, only its architecture: the same network freshly initialised from
+    `train.seed`. `teacher`: a frozen classifier distilled into the model beside the method's
+    own loss (its `teacher_kd` term); rebuilt from its folder by every process and on resume,
+    never checkpointed or saved.
     """
-    with ranks.training(cfg, work, start):  # under a launcher, rank 0 brings the others along
-        return _fit(cfg, bundle, work, start)
+    if fresh and start is None:
+        raise StageError("a fresh start needs the start model whose architecture it takes")
+    # under a launcher, rank 0 brings the others along
+    with ranks.training(cfg, work, start, teacher=teacher, fresh=fresh):
+        return _fit(cfg, bundle, work, start, teacher, fresh)
 
 
-def _fit(cfg: PipelineConfig, bundle: DataBundle, work: Path, start: Path | None) -> dict:
+def _fit(
+    cfg: PipelineConfig,
+    bundle: DataBundle,
+    work: Path,
+    start: Path | None,
+    teacher: TeacherSource | None = None,
+    fresh: bool = False,
+) -> dict:
     t_start = time.perf_counter()
     spec = start_spec(cfg, bundle, start)
-    tr = _build(cfg, bundle, work, spec, start)
-    if start is None:
+    tr = _build(cfg, bundle, work, spec, start, teacher, fresh)
+    if start is None or fresh:  # a network at its initial weights
         _head_stability(tr, cfg, bundle, work)
     _compile_step(tr)
     on_cpu = tr.accelerator.device.type == "cpu"

@@ -20,6 +20,7 @@ from pipeline.artifacts import write_text_atomic
 from pipeline.config import PipelineConfig, dump_config
 from pipeline.errors import StageError
 from pipeline.training.checkpoint import ERROR_FILE, RESULT_FILE
+from pipeline.training.teacher import TeacherSource
 
 log = logging.getLogger("pipeline.train")
 
@@ -27,8 +28,25 @@ LAUNCH_CONFIG = "checkpoints/launch.yaml"
 
 
 def launch_command(
-    processes: int, work: Path, config: Path, start: Path | None = None
+    processes: int,
+    work: Path,
+    config: Path,
+    start: Path | None = None,
+    teacher: TeacherSource | None = None,
+    fresh: bool = False,
 ) -> list[str]:
+    teacher_args = (
+        [
+            "--teacher-model",
+            str(teacher.folder),
+            "--teacher-temperature",
+            repr(teacher.temperature),
+            "--teacher-weight",
+            repr(teacher.weight),
+        ]
+        if teacher is not None
+        else []
+    )
     return [
         sys.executable,
         "-m",
@@ -43,6 +61,8 @@ def launch_command(
         str(work),
         # not `--start`: torch's launcher would take it for its own `--start-method`
         *(["--start-model", str(start)] if start is not None else []),
+        *(["--fresh-start"] if fresh else []),
+        *teacher_args,
     ]
 
 
@@ -66,13 +86,21 @@ def _raise_worker_error(work: Path) -> None:
         raise cls(err.get("message", ""))
 
 
-def run_launched(cfg: PipelineConfig, work: Path, start: Path | None = None) -> dict:
-    """Train with `cfg.train.processes` processes (from the model in `start`, if given);
+def run_launched(
+    cfg: PipelineConfig,
+    work: Path,
+    start: Path | None = None,
+    *,
+    teacher: TeacherSource | None = None,
+    fresh: bool = False,
+) -> dict:
+    """Train with `cfg.train.processes` processes (from the model in `start`, if given: its
+    weights, or with `fresh` its architecture; with `teacher`, distilled from it, as `fit`);
     return the metrics rank 0 recorded."""
     config = work / LAUNCH_CONFIG
     config.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config, dump_config(cfg))
-    cmd = launch_command(cfg.train.processes, work, config, start)
+    cmd = launch_command(cfg.train.processes, work, config, start, teacher, fresh)
     log.info("launching %d training processes: %s", cfg.train.processes, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=child_env())
     try:

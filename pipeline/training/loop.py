@@ -74,6 +74,14 @@ class Trainer:
     keys: tuple[str, ...] = ()
     sums: torch.Tensor | None = None
     shown_at: float = 0.0
+    # `slim.teacher: unpruned`: a frozen classifier whose KL term the step adds to the method's
+    # loss (`training.teacher.UnprunedTeacher`); not part of `model`, never checkpointed
+    teacher: Any = None
+    teacher_sha256: str | None = None
+    # a training from a saved model: the sha256 of its initial weights, and whether they were
+    # freshly initialised (`fresh`) rather than loaded
+    initial_sha256: str | None = None
+    fresh: bool = False
 
     def reset_sums(self, partial: dict[str, float] | None = None) -> None:
         p = {k: v for k, v in (partial or {}).items() if k != "elapsed"}
@@ -156,9 +164,12 @@ def _step(
     t0 = time.perf_counter()
     with acc.accumulate(tr.model):
         with acc.autocast():
-            out = forward(_prepare_inputs(images, tr.channels_last))
+            x = _prepare_inputs(images, tr.channels_last)
+            out = forward(x)
             inputs = tr.method.extra_inputs(_forward(tr), extras)
             loss = tr.method.loss(out, targets, epoch, **inputs)
+            if tr.teacher is not None:  # the same batch through the frozen teacher, no grad
+                loss = tr.teacher.add_to(loss, out.logits, x)
         finite, stop = _flags(tr, loss.total)
         if stop:
             return False

@@ -7,9 +7,13 @@ so a model trained and a model reloaded are the same network.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from torch import nn
+
 from pipeline.distill import Method, OptionsInput, create_method
-from pipeline.models import SelfDistillModel
-from pipeline.models.io import apply_widths, build_backbone
+from pipeline.models import SelfDistillModel, init_weights
+from pipeline.models.io import apply_widths, build_backbone, load_weights, read_spec
 from pipeline.models.spec import ModelSpec
 
 
@@ -46,3 +50,22 @@ def build_training_model(
     # the self-teacher is built at the unpruned widths; a pruned spec then resizes both parts
     wrapper = SelfDistillModel(backbone, method.build_aux(backbone))
     return apply_widths(wrapper, spec, prefix="backbone."), method
+
+
+def fresh_training_model(
+    spec: ModelSpec, options: OptionsInput = None, epochs: int = 1
+) -> tuple[SelfDistillModel, Method]:
+    """`build_training_model` with every layer of the classifier initialised at the widths the
+    spec records, as the architecture initialises its own (the layers a pruned spec rebuilt
+    would otherwise keep torch's default); the auxiliary branch as built. From torch's global
+    generator: the same seed gives the same weights."""
+    wrapper, method = build_training_model(spec, options, epochs)
+    init_weights(wrapper.backbone)
+    return wrapper, method
+
+
+def load_deployable(folder: Path) -> nn.Module:
+    """The classifier of the training model saved in `folder`, less its auxiliary branch (in
+    eval mode): what ships, and the slim stage's unpruned teacher."""
+    wrapper, _ = build_training_model(read_spec(folder, "model"))  # the network only
+    return load_weights(wrapper, folder, "model").deployable()

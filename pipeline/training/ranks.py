@@ -8,7 +8,8 @@ a gloo group made once for the whole run, and act on it:
 - `check`: every rank gathers (host, data fingerprint) and all stop with the same `DataError`
   when they differ, so no rank trains on other data and none is left waiting;
 - `fit`: join the training that rank 0 starts (the train stage, slim's recovery), with rank 0's
-  config, work folder and start model;
+  config, work folder, start model (its weights, or its architecture freshly initialised) and
+  teacher (each rank loads it from the same files);
 - `done`: nothing more to train, leave; `abort`: rank 0 stopped, leave with its error class.
 
 Rank 0 only says `abort` while the others wait for its word; a failure inside a training that
@@ -240,11 +241,22 @@ class Leader:
         check_same_data(_gather(self.group, data_identity(fingerprint)))
 
     @contextlib.contextmanager
-    def training(self, cfg, work: Path, start: Path | None) -> Iterator[None]:
+    def training(
+        self, cfg, work: Path, start: Path | None, teacher=None, fresh: bool = False
+    ) -> Iterator[None]:
         if self.state != "waiting":
             yield
             return
-        self.say({"action": "fit", "cfg": cfg, "work": str(work), "start": start and str(start)})
+        self.say(
+            {
+                "action": "fit",
+                "cfg": cfg,
+                "work": str(work),
+                "start": start and str(start),
+                "teacher": teacher,
+                "fresh": fresh,
+            }
+        )
         self.state = "training"
         try:
             yield
@@ -322,9 +334,12 @@ def check_data(fingerprint: str) -> None:
         _leader.check_data(fingerprint)
 
 
-def training(cfg, work: Path, start: Path | None = None):
-    """Around rank 0's training: the other ranks join it (a no-op when alone)."""
-    return _leader.training(cfg, work, start) if _leader is not None else contextlib.nullcontext()
+def training(cfg, work: Path, start: Path | None = None, *, teacher=None, fresh: bool = False):
+    """Around rank 0's training: the other ranks join it (a no-op when alone). `teacher`: a
+    `training.teacher.TeacherSource`, sent as it is."""
+    if _leader is None:
+        return contextlib.nullcontext()
+    return _leader.training(cfg, work, start, teacher, fresh)
 
 
 def finished_training() -> None:
@@ -360,7 +375,14 @@ def follow(cfg) -> None:
                 check_same_data(_gather(group, mine))
             elif action == "fit":
                 start = Path(msg["start"]) if msg["start"] else None
-                fit(msg["cfg"], data_of(msg["cfg"]), Path(msg["work"]), start)
+                fit(
+                    msg["cfg"],
+                    data_of(msg["cfg"]),
+                    Path(msg["work"]),
+                    start,
+                    teacher=msg.get("teacher"),
+                    fresh=msg.get("fresh", False),
+                )
             elif action == "done":
                 return
             else:  # abort

@@ -8,7 +8,11 @@ recovered by fine-tuning through the training code.
    (safetensors plus a spec with every layer width: loading runs no code).
 2. `recover`: fine-tunes it through `fit` with a start model, so it checkpoints and resumes
    like training: `slim.method` `auto` keeps the run's method (the self-teacher's knowledge
-   is the recovery signal), `ce` is the control.
+   is the recovery signal), `ce` is the control. `slim.teacher: unpruned` adds the frozen
+   unpruned classifier (the train stage's, rebuilt from its files by every process and on
+   resume) as a teacher beside the method (`training.teacher`). `slim.init: scratch` trains
+   the pruned architecture from fresh weights instead, with its own epochs and learning rate
+   and the train stage's schedule (the control for the value of the pruned weights).
 """
 
 from __future__ import annotations
@@ -31,12 +35,13 @@ from pipeline.data import DataBundle
 from pipeline.distill import create_method
 from pipeline.errors import StageError
 from pipeline.models.channels import layer_shapes
-from pipeline.models.io import load_weights, read_spec, save_model
+from pipeline.models.io import read_spec, save_model
 from pipeline.training import accel
 from pipeline.training.channel_pruning import prune_channels
 from pipeline.training.fit import fit
 from pipeline.training.launch import run_launched
-from pipeline.training.model import build_training_model
+from pipeline.training.model import build_training_model, load_deployable
+from pipeline.training.teacher import TeacherSource
 
 log = logging.getLogger("pipeline.slim")
 
@@ -131,38 +136,85 @@ def prune_trained(
 
 
 def recovery_config(cfg: PipelineConfig) -> PipelineConfig:
-    """The train settings of the fine-tuning: the slim stage's schedule, method and its
-    options (`PipelineConfig.recovery_options`)."""
+    """The train settings of the recovery: the method and its options
+    (`PipelineConfig.recovery_options`), and the slim stage's schedule; from scratch
+    (`slim.init: scratch`), slim.scratch_epochs and slim.scratch_lr with the train stage's
+    schedule and warm-up."""
     s = cfg.slim
     distill = cfg.recovery_options()
-    train = cfg.train.model_copy(
-        update={
-            "method": recovery_method(cfg),
+    update: dict[str, Any] = {"method": recovery_method(cfg), "distill": distill}
+    if s.init == "scratch":
+        update |= {
+            "epochs": s.recovery_epochs,
+            "lr": s.scratch_lr if s.scratch_lr is not None else cfg.train.lr,
+        }
+    else:
+        update |= {
             "epochs": s.epochs,
             "lr": s.lr,
             "schedule": s.schedule,
             "warmup_epochs": s.warmup_epochs,
-            "distill": distill,
         }
-    )
-    return cfg.model_copy(update={"train": train})
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=update)})
+
+
+def teacher_source(cfg: PipelineConfig, train_dir: Path) -> TeacherSource | None:
+    """The unpruned teacher of `slim.teacher: unpruned`: the train stage's classifier."""
+    s = cfg.slim
+    if s.teacher == "none":
+        return None
+    return TeacherSource(train_dir, s.teacher_temperature, s.teacher_weight)
+
+
+def recipe(cfg: PipelineConfig) -> dict[str, Any]:
+    """What recovery does, for the stage's metrics: start, method, teacher, schedule."""
+    s, t = cfg.slim, recovery_config(cfg).train
+    return {
+        "init": s.init,
+        "method": t.method,
+        "teacher": s.teacher,
+        **(
+            {"teacher_temperature": s.teacher_temperature, "teacher_weight": s.teacher_weight}
+            if s.teacher != "none"
+            else {}
+        ),
+        "epochs": t.epochs,
+        "lr": t.lr,
+        "schedule": t.schedule,
+        "warmup_epochs": t.warmup_epochs,
+    }
 
 
 def recover(
-    cfg: PipelineConfig, data: DataBundle, pruned_dir: Path, out_dir: Path
+    cfg: PipelineConfig, data: DataBundle, pruned_dir: Path, out_dir: Path, train_dir: Path
 ) -> dict[str, Any]:
-    """Fine-tune the pruned network in `out_dir` (checkpoints and resume as in training)."""
-    if cfg.slim.epochs == 0:
+    """Recover the pruned network in `out_dir` (checkpoints and resume as in training): its
+    weights fine-tuned, or (`slim.init: scratch`) its architecture trained from fresh weights;
+    with `slim.teacher: unpruned`, distilled from the classifier in `train_dir` too."""
+    if cfg.slim.recovery_epochs == 0:
         link_model(pruned_dir, out_dir)
         return {}
     rcfg = recovery_config(cfg)
+    teacher = teacher_source(cfg, train_dir)
+    fresh = cfg.slim.init == "scratch"
+    t = rcfg.train
+    log.info(
+        "recovery: %s, %s for %d epochs at lr %g (%s schedule, %d warm-up)%s",
+        "the pruned architecture from fresh weights" if fresh else "the pruned weights",
+        t.method,
+        t.epochs,
+        t.lr,
+        t.schedule,
+        t.warmup_epochs,
+        f", with the unpruned teacher (T {teacher.temperature:g}, weight {teacher.weight:g})"
+        if teacher
+        else "",
+    )
     if rcfg.train.processes > 1 and accel.world_size() == 1:
-        return run_launched(rcfg, out_dir, start=pruned_dir)
-    return fit(rcfg, data, out_dir, start=pruned_dir)
+        return run_launched(rcfg, out_dir, start=pruned_dir, teacher=teacher, fresh=fresh)
+    return fit(rcfg, data, out_dir, start=pruned_dir, teacher=teacher, fresh=fresh)
 
 
 def deployable(folder: Path) -> torch.nn.Module:
     """The classifier of the training model saved in `folder`, less its auxiliary branch."""
-    spec = read_spec(folder, "model")
-    wrapper, _ = build_training_model(spec)  # the network only: no options needed
-    return load_weights(wrapper, folder, "model").deployable()
+    return load_deployable(folder)

@@ -20,6 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.training import ranks
 from pipeline.training.checkpoint import ERROR_FILE
 from pipeline.training.fit import fit
+from pipeline.training.teacher import TeacherSource
 
 log = logging.getLogger("pipeline.train")
 
@@ -29,14 +30,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--start-model", type=Path, default=None, help="a saved model to fine-tune")
+    p.add_argument(
+        "--fresh-start", action="store_true", help="the start model's architecture, fresh weights"
+    )
+    p.add_argument("--teacher-model", type=Path, default=None, help="a frozen teacher's model")
+    p.add_argument("--teacher-temperature", type=float, default=4.0)
+    p.add_argument("--teacher-weight", type=float, default=1.0)
     args = p.parse_args(argv)
+    teacher = (
+        TeacherSource(args.teacher_model, args.teacher_temperature, args.teacher_weight)
+        if args.teacher_model is not None
+        else None
+    )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config)
-        fit(cfg, build_data(cfg.data), args.work, args.start_model)
+        fit(
+            cfg,
+            build_data(cfg.data),
+            args.work,
+            args.start_model,
+            teacher=teacher,
+            fresh=args.fresh_start,
+        )
     except PipelineError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         if int(os.environ.get("RANK", "0")) == 0:  # the launching parent re-raises it

@@ -15,6 +15,12 @@ def test_default_pipeline_yaml_is_valid():
     assert cfg.run_path == Path("runs") / cfg.name
 
 
+def test_the_default_run_compresses_with_a_short_recovery():
+    cfg = load_config(REPO / "pipeline.yaml")
+    assert cfg.slim.enabled  # the report's compression table: unpruned and pruned side by side
+    assert 1 <= cfg.slim.recovery_epochs <= cfg.train.epochs // 2
+
+
 def test_overrides_are_typed_yaml():
     cfg = load_config(None, ["train.epochs=3", "model.width=0.5", "train.milestones=[0.3, 0.6]"])
     assert cfg.train.epochs == 3 and cfg.model.width == 0.5 and cfg.train.milestones == (0.3, 0.6)

@@ -12,6 +12,7 @@ from pipeline.errors import ConfigError, StageError
 from pipeline.models import count_macs
 from pipeline.models.channels import layer_shapes
 from pipeline.models.io import read_spec, save_model
+from pipeline.report.content import _compression
 from pipeline.training.channel_pruning import _layer_named, prune_channels
 from pipeline.training.model import build_training_model
 from tests.specs import model_spec
@@ -195,11 +196,45 @@ def test_a_failing_layer_is_named_with_the_option_that_leaves_it_out():
         (["slim.ratio=0.5", "slim.macs=1e6"], "one pruning target"),
         (["slim.method=nope"], "unknown recovery method"),
         (["slim.epochs=2", "slim.warmup_epochs=2"], "warmup_epochs"),
+        (["slim.teacher=yes"], "slim.teacher"),
+        (["slim.teacher=unpruned"], r"slim\.teacher: unpruned needs slimming on.*slim\.ratio"),
+        (["slim.init=scratch"], r"slim\.init: scratch needs slimming on.*slim\.ratio"),
+        (["slim.ratio=0.5", "slim.teacher_weight=2"], r"teacher_weight.*slim\.teacher: unpruned"),
+        (["slim.ratio=0.5", "slim.teacher_temperature=2"], r"teacher_temperature.*'none'"),
+        (["slim.ratio=0.5", "slim.scratch_epochs=3"], r"scratch_epochs.*slim\.init: scratch"),
+        (["slim.ratio=0.5", "slim.scratch_lr=0.1"], r"scratch_lr.*slim\.init: scratch"),
+        (["slim.ratio=0.5", "slim.init=scratch", "slim.epochs=0"], "untrained network"),
+        (["slim.ratio=0.5", "slim.teacher=unpruned", "slim.epochs=0"], "no recovery to distil"),
+        (
+            ["slim.ratio=0.5", "slim.init=scratch", "slim.scratch_epochs=2"]
+            + ["train.epochs=5", "train.warmup_epochs=2"],
+            r"train\.warmup_epochs \(2\).*raise slim\.scratch_epochs",
+        ),
     ],
 )
 def test_bad_slim_config_is_refused_with_the_key(sets, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, sets)
+
+
+def test_recovery_recipes_that_fit_are_accepted_and_survive_a_resolved_config(tmp_path):
+    """A teacher distilling into a scratch network is a valid control; a budget with any
+    importance picks the scratch architecture (the trained weights choose the widths); the
+    resolved config a run writes (every key, defaults too) loads again."""
+    from pipeline.config import dump_config
+
+    for sets in (
+        ["slim.ratio=0.5", "slim.teacher=unpruned", "slim.init=scratch", "slim.method=ce"],
+        ["slim.macs=1e6", "slim.importance=taylor", "slim.init=scratch"],
+        ["slim.latency_ms=0.5", "slim.init=scratch", "slim.epochs=0", "slim.scratch_epochs=2"],
+        ["slim.ratio=0.5"],
+    ):
+        cfg = load_config(None, sets)
+        path = tmp_path / "config.yaml"
+        path.write_text(dump_config(cfg))
+        assert load_config(path) == cfg
+    cfg = load_config(None, ["slim.ratio=0.5", "slim.epochs=0"])
+    assert cfg.slim.teacher == "none" and cfg.slim.init == "pruned" and not cfg.slim.recovery_epochs
 
 
 def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
@@ -219,6 +254,63 @@ def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
     assert (train.method, train.epochs, train.lr) == ("ama", 3, cfg.slim.lr)
     assert train.distill.kd_warmup_epochs == 0 and train.distill.alpha == 1.5
     assert cfg.train.distill.kd_warmup_epochs == 5  # the run's own config is left as it was
+
+
+def test_scratch_recovery_takes_its_own_epochs_rate_and_the_train_schedule():
+    from pipeline.training.slimming import recovery_config
+
+    base = ["train.method=ama", "train.distill.kd_warmup_epochs=2", "train.epochs=6"]
+    base += ["train.schedule=step", "train.warmup_epochs=1", "train.lr=0.2", "slim.ratio=0.5"]
+    base += ["slim.epochs=3", "slim.lr=0.01", "slim.schedule=cosine"]
+    train = recovery_config(load_config(None, [*base, "slim.init=scratch"])).train
+    assert (train.epochs, train.lr, train.schedule, train.warmup_epochs) == (3, 0.2, "step", 1)
+    assert train.distill.kd_warmup_epochs == 2  # a head at its initial weights: the warm-up too
+    sets = [*base, "slim.init=scratch", "slim.scratch_epochs=4", "slim.scratch_lr=0.05"]
+    train = recovery_config(load_config(None, sets)).train
+    assert (train.epochs, train.lr, train.schedule) == (4, 0.05, "step")
+    train = recovery_config(load_config(None, base)).train  # fine-tuning, as before
+    assert (train.epochs, train.lr, train.schedule, train.warmup_epochs) == (3, 0.01, "cosine", 0)
+
+
+def test_the_slim_key_follows_the_int8_recipe_its_table_uses(tiny_cfg):
+    from pipeline.runner import key_of
+
+    base = key_of("slim", tiny_cfg, {}, "fp")
+    other = tiny_cfg.model_copy(deep=True)
+    other.export.int8.calibration = "percentile"
+    assert key_of("slim", other, {}, "fp") != base
+    other = tiny_cfg.model_copy(deep=True)
+    other.export.atol = 0.5  # not what the table measures
+    assert key_of("slim", other, {}, "fp") == base
+
+
+def test_the_compression_table_quantizes_with_the_runs_int8_recipe(tiny_overrides, tmp_path):
+    from pipeline.data import build_data
+    from pipeline.evaluation import measure_classifier
+
+    torch.manual_seed(0)
+    spec = model_spec("resnet18", "ce", width=0.125, num_classes=10)
+    classifier = build_training_model(spec)[0].deployable()
+    sets = [*tiny_overrides, "export.calibration_samples=32"]
+    default = load_config(None, sets)
+    data = build_data(default.data)
+    recipes = {}
+    for name, extra in (
+        ("default", []),
+        ("set", ["export.int8.calibration=percentile", "export.int8.activations=symmetric"]),
+    ):
+        row = measure_classifier(
+            load_config(None, [*sets, *extra]), data, classifier, tmp_path / name
+        )
+        recipes[name] = row["int8"]["recipe"]
+    assert (recipes["default"]["calibration"], recipes["default"]["activations"]) == (
+        "minmax",
+        "uint8, asymmetric",
+    )
+    assert (recipes["set"]["calibration"], recipes["set"]["activations"]) == (
+        "percentile",
+        "int8, symmetric",
+    )
 
 
 def test_slim_off_passes_the_trained_model_through_unchanged(tiny_overrides):
@@ -262,6 +354,17 @@ def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
     assert f"{100 * sl['recovery']['test_top1']:.2f}%" in card  # the pruned model's own top-1
     report = (cfg.run_path / "report.md").read_text()
     assert "## Compression" in report and "slim INT8" in report
+    assert "minmax calibration" in report  # the recipe the table's INT8 rows were made with
+    assert c["slim"]["int8"]["recipe"]["calibration"] == "minmax"
+    assert sl["recipe"] == {
+        "init": "pruned",
+        "method": "ama",
+        "teacher": "none",
+        "epochs": 1,
+        "lr": cfg.slim.lr,
+        "schedule": cfg.slim.schedule,
+        "warmup_epochs": 0,
+    }
     # a second run reuses every stage
     again = run_pipeline(cfg)
     assert again["slim"].key == manifests["slim"].key
@@ -310,3 +413,111 @@ def test_unreachable_latency_budget_stops_with_the_closest_and_keeps_the_trained
     assert run_pipeline(cfg.model_copy(update={"slim": SlimConfig()}), only="slim")[
         "slim"
     ].metrics == {"slimmed": False}
+
+
+def _initial_sha256(folder, fresh_seed: int | None = None, options=None) -> str:
+    """The weights a recovery starting from the model in `folder` begins with: its own, or
+    (`fresh_seed`) its architecture freshly initialised as `fit` does it."""
+    from accelerate.utils import set_seed
+
+    from pipeline.models.io import load_weights
+    from pipeline.training.fit import weights_sha256
+    from pipeline.training.model import fresh_training_model
+
+    spec = read_spec(folder, "model")
+    if fresh_seed is None:
+        return weights_sha256(load_weights(build_training_model(spec)[0], folder, "model"))
+    set_seed(fresh_seed)
+    return weights_sha256(fresh_training_model(spec, options)[0])
+
+
+def test_unpruned_teacher_distils_beside_the_recovery_method_and_is_never_saved(
+    tiny_overrides, one_thread
+):
+    from safetensors.torch import load_file
+
+    from pipeline.artifacts import read_jsonl
+    from pipeline.runner import run_pipeline
+    from pipeline.training.fit import weights_sha256
+    from pipeline.training.model import load_deployable
+
+    sets = [
+        *tiny_overrides,
+        "train.method=ama",
+        "train.epochs=1",
+        "slim.ratio=0.5",
+        "slim.epochs=1",
+        "slim.round_to=4",
+        "slim.method=ce",
+        "slim.teacher=unpruned",
+        "slim.teacher_temperature=2.0",
+        "slim.teacher_weight=0.5",
+    ]
+    cfg = load_config(None, sets)
+    train = run_pipeline(cfg, only="train")["train"].folder
+    slim = run_pipeline(cfg, only="slim")["slim"]
+    rows = read_jsonl(slim.folder / "metrics.jsonl")
+    assert rows and all(r["teacher_kd"] > 0 for r in rows)
+    for r in rows:  # ce's own loss plus the teacher's term, each its own part
+        assert r["loss"] == pytest.approx(r["ce"] + r["teacher_kd"], rel=1e-6)
+    rec = slim.metrics["recovery"]
+    teacher = rec["teacher"]
+    assert (teacher["temperature"], teacher["weight"]) == (2.0, 0.5)
+    assert teacher["folder"] == str(train)
+    # frozen: the train stage's classifier before and after, batch-norm statistics included
+    unpruned = weights_sha256(load_deployable(train))
+    assert teacher["weights_sha256_start"] == teacher["weights_sha256_end"] == unpruned
+    # never saved: the slim model holds the pruned network's tensors and nothing else
+    pruned = slim.folder / "pruned"
+    saved = load_file(str(slim.folder / "model.safetensors"))
+    assert set(saved) == set(load_file(str(pruned / "model.safetensors")))
+    assert rec["start"] == {"fresh": False, "initial_weights_sha256": _initial_sha256(pruned)}
+    recipe = slim.metrics["recipe"]
+    assert (recipe["method"], recipe["teacher"], recipe["init"]) == ("ce", "unpruned", "pruned")
+    section = _compression({"slim": slim.metrics})  # the report says how it was recovered
+    assert (
+        "`ce` with the frozen unpruned classifier as teacher (T 2, weight 0.5)"
+        in (section.blocks[0])
+    )
+
+
+def test_scratch_trains_the_pruned_architecture_from_fresh_seeded_weights(
+    tiny_overrides, one_thread
+):
+    from safetensors.torch import load_file
+
+    from pipeline.runner import run_pipeline
+    from pipeline.training.slimming import recovery_config
+
+    sets = [
+        *tiny_overrides,
+        "train.method=ama",
+        "train.epochs=1",
+        "slim.ratio=0.5",
+        "slim.round_to=4",
+        "slim.init=scratch",
+        "slim.scratch_epochs=1",
+        "slim.scratch_lr=0.05",
+    ]
+    cfg = load_config(None, sets)
+    run_pipeline(cfg, only="train")
+    slim = run_pipeline(cfg, only="slim")["slim"]
+    pruned = slim.folder / "pruned"
+    rec, recipe = slim.metrics["recovery"], slim.metrics["recipe"]
+    assert recipe["init"] == "scratch" and recipe["method"] == "ama"
+    assert (recipe["epochs"], recipe["lr"], recipe["schedule"]) == (1, 0.05, cfg.train.schedule)
+    assert rec["epochs"] == 1
+    start = rec["start"]
+    assert start["fresh"] is True
+    # not the pruned weights (the self-teacher's neither), but the seed's fresh network
+    options = recovery_config(cfg).train.distill
+    assert start["initial_weights_sha256"] != _initial_sha256(pruned)
+    assert start["initial_weights_sha256"] == _initial_sha256(pruned, cfg.train.seed, options)
+    assert start["initial_weights_sha256"] != _initial_sha256(pruned, cfg.train.seed + 1, options)
+    # the pruned architecture: every tensor of the pruned network, at its shape
+    saved = load_file(str(slim.folder / "model.safetensors"))
+    want = load_file(str(pruned / "model.safetensors"))
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in want.items()}
+    assert read_spec(slim.folder, "model").shapes == read_spec(pruned, "model").shapes
+    text = _compression({"slim": slim.metrics}).blocks[0]
+    assert "trained from scratch (the pruned architecture, fresh weights) by `ama`" in text

@@ -128,10 +128,26 @@ def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path):
     assert "slim: up to date" in again.stderr and "running" not in again.stderr
 
 
-def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path):
-    res = _run(tmp_path, "whole", [*WHOLE, "train.processes=2"], only=None)
+@pytest.mark.parametrize(
+    "recipe",
+    [[], ["slim.teacher=unpruned", "slim.init=scratch"]],
+    ids=["fine-tune", "teacher-scratch"],
+)
+def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path, recipe):
+    """The launched recovery gets the start model, and with a recipe its fresh start and the
+    unpruned teacher, on every rank."""
+    res = _run(tmp_path, "whole", [*WHOLE, "train.processes=2", *recipe], only=None)
     assert res.returncode == 0, res.stderr[-3000:]
-    _assert_trained_on_two_ranks(tmp_path / "runs" / "whole")
+    run = tmp_path / "runs" / "whole"
+    _assert_trained_on_two_ranks(run)
+    slim = json.loads((stages.folder(run, "slim") / "manifest.json").read_text())["metrics"]
+    recovery = slim["recovery"]
+    assert recovery["start"]["fresh"] is bool(recipe)
+    if recipe:
+        teacher = recovery["teacher"]
+        assert teacher["weights_sha256_start"] == teacher["weights_sha256_end"]
+        rows = (stages.folder(run, "slim") / "metrics.jsonl").read_text().splitlines()
+        assert all(json.loads(r)["teacher_kd"] > 0 for r in rows)
 
 
 def test_batch_must_split_over_processes():

@@ -143,15 +143,22 @@ def test_ctrl_c_saves_checkpoint_and_prints_resume_command(cfg_file, tmp_path):
     assert (work / "checkpoints" / after["name"] / "trainer_state.json").is_file()
 
 
-def test_slim_recovery_killed_resumes_from_its_checkpoint(cfg_file, tmp_path):
+@pytest.mark.parametrize(
+    "recipe",
+    [[], ["slim.teacher=unpruned", "slim.init=scratch"]],
+    ids=["fine-tune", "teacher-scratch"],
+)
+def test_slim_recovery_killed_resumes_from_its_checkpoint(cfg_file, tmp_path, recipe):
     """The slim stage fine-tunes through the training code: killed mid-recovery, the same
-    command keeps the pruned network and resumes the fine-tuning from its checkpoint."""
+    command keeps the pruned network and resumes the fine-tuning from its checkpoint (with a
+    teacher: rebuilt from the train stage's files, its term in every epoch)."""
     runs = tmp_path / "runs"
     trained = subprocess.run(
         _cmd(cfg_file, runs, "slim"), env=_env(), capture_output=True, text=True
     )
     assert trained.returncode == 0, trained.stderr[-2000:]
-    cmd = _cmd(cfg_file, runs, "slim", ["slim.ratio=0.5", "slim.epochs=2", "slim.round_to=4"])
+    sets = ["slim.ratio=0.5", "slim.epochs=2", "slim.round_to=4", *recipe]
+    cmd = _cmd(cfg_file, runs, "slim", sets)
     cmd[cmd.index("--only") + 1] = "slim"
     work = runs / "slim" / "02_slim.partial"
     proc = _start_and_wait_for_checkpoint(cmd, work)
@@ -169,3 +176,10 @@ def test_slim_recovery_killed_resumes_from_its_checkpoint(cfg_file, tmp_path):
         for x in (runs / "slim" / "02_slim" / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["epoch"] for r in rows] == [1, 2]
+    if recipe:
+        assert all(r["teacher_kd"] > 0 for r in rows)
+        recovery = manifest["metrics"]["recovery"]
+        assert recovery["start"]["fresh"] is True
+        assert (
+            recovery["teacher"]["weights_sha256_start"] == recovery["teacher"]["weights_sha256_end"]
+        )
