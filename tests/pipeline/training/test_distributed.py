@@ -115,15 +115,25 @@ def _assert_trained_on_two_ranks(run: Path) -> None:
     assert validate["status"] == "complete"
 
 
-def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path):
+@pytest.mark.parametrize(
+    "recipe",
+    [[], ["slim.teacher=unpruned", "slim.init=scratch"]],
+    ids=["fine-tune", "teacher-scratch"],
+)
+def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path, recipe):
     """Every rank follows every stage that trains: slim's recovery once ran on rank 0 alone
-    ("Default process group has not been initialized")."""
+    ("Default process group has not been initialized"); with a recipe, the followers are
+    told its fresh start and teacher and train beside rank 0."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    res = _run(tmp_path, "whole", WHOLE, launcher, only=None)
+    res = _run(tmp_path, "whole", [*WHOLE, *recipe], launcher, only=None)
     assert res.returncode == 0, res.stderr[-3000:]
     _assert_trained_on_two_ranks(tmp_path / "runs" / "whole")
     assert res.stderr.count("slim: running") == 1
-    again = _run(tmp_path, "whole", WHOLE, launcher, only=None)  # all up to date: no one waits
+    if recipe:
+        slim = stages.folder(tmp_path / "runs" / "whole", "slim")
+        recovery = json.loads((slim / "manifest.json").read_text())["metrics"]["recovery"]
+        assert recovery["start"]["fresh"] is True and "teacher" in recovery
+    again = _run(tmp_path, "whole", [*WHOLE, *recipe], launcher, only=None)  # all up to date
     assert again.returncode == 0, again.stderr[-3000:]
     assert "slim: up to date" in again.stderr and "running" not in again.stderr
 
