@@ -138,14 +138,10 @@ def test_whole_pipeline_with_slim_recovery_under_torchrun(tmp_path, recipe):
     assert "slim: up to date" in again.stderr and "running" not in again.stderr
 
 
-@pytest.mark.parametrize(
-    "recipe",
-    [[], ["slim.teacher=unpruned", "slim.init=scratch"]],
-    ids=["fine-tune", "teacher-scratch"],
-)
-def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path, recipe):
-    """The launched recovery gets the start model, and with a recipe its fresh start and the
-    unpruned teacher, on every rank."""
+def test_whole_pipeline_with_slim_recovery_on_two_processes(tmp_path):
+    """The launched recovery gets the start model (its architecture: a fresh start) and the
+    unpruned teacher, on every rank; the fine-tuned start is covered under torchrun."""
+    recipe = ["slim.teacher=unpruned", "slim.init=scratch"]
     res = _run(tmp_path, "whole", [*WHOLE, "train.processes=2", *recipe], only=None)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "whole"
