@@ -227,18 +227,19 @@ def _refused_objects(message: str) -> bool:
 
 
 def _unsafe_globals(path: Path, message: str) -> list[str]:
-    """The classes and functions the file would have the unpickler call, for the message."""
-    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
-    if scan is not None:
-        try:
-            allowed = {f"{c.__module__}.{c.__qualname__}" for c in _SAFE_CLASSES}
-            names = [n for n in scan(path) if n not in allowed]
-            if names:
-                return names
-        except Exception:  # a legacy (non-zip) file: the error message names the first one
-            pass
+    """The classes and functions the file would have the unpickler call, for the message: the
+    first one met (the refusal names it; for a whole model, its class), then the rest sorted."""
     found = re.search(r"GLOBAL (\S+) was not an allowed global", message)
-    return [found.group(1)] if found else []
+    first = [found.group(1)] if found else []
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is None:
+        return first
+    try:
+        allowed = {f"{c.__module__}.{c.__qualname__}" for c in _SAFE_CLASSES}
+        rest = sorted(set(scan(path)) - allowed - set(first))  # the scan's order is a set's
+    except Exception:  # a legacy (non-zip) file: the refusal names the first one only
+        return first
+    return first + rest
 
 
 def _first_line(exc: BaseException) -> str:
