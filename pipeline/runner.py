@@ -34,7 +34,8 @@ from pipeline.artifacts import (
     verify_files,
 )
 from pipeline.config import PipelineConfig, dump_config
-from pipeline.data import build_data
+from pipeline.data import build_data, resolve_preset
+from pipeline.data.content import content_hashes
 from pipeline.errors import (
     ArtefactError,
     ConfigError,
@@ -43,6 +44,7 @@ from pipeline.errors import (
     RunInUse,
     StageError,
 )
+from pipeline.models.external import preflight
 from pipeline.report import write_report
 from pipeline.training import ranks
 
@@ -55,7 +57,9 @@ log = logging.getLogger("pipeline")
 
 
 def make_context(cfg: PipelineConfig) -> StageContext:
-    return StageContext(cfg=cfg, run_dir=cfg.run_path, load_data=lambda: build_data(cfg.data))
+    return StageContext(
+        cfg=cfg, run_dir=cfg.run_path, load_data=lambda: build_data(cfg.data, cfg.model)
+    )
 
 
 # The last stage that trains (slim's recovery): after it, a launched run's other ranks leave.
@@ -63,6 +67,19 @@ TRAINS_LAST = "slim"
 
 # Where a run is started from, not what it makes: no part of any stage key.
 LAUNCH_ONLY_KEYS = ("node_rank", "master_addr", "master_port", "max_restarts")
+
+
+def model_files_sha256(model) -> dict[str, str]:
+    """sha256 of the user's checkpoint (`model.weights`) and of the file defining a network from
+    the user's code: changing either retrains, whatever the paths."""
+    out = {}
+    if model.weights is not None:
+        out["weights"] = content_hashes([model.weights])[0]
+    if model.source == "python":
+        module_ref = model.name.rpartition(":")[0]
+        if module_ref.endswith(".py") and Path(module_ref).is_file():
+            out["factory_file"] = content_hashes([Path(module_ref)])[0]
+    return out
 
 
 def key_of(stage: str, cfg: PipelineConfig, inputs: dict[str, Manifest], data_fp: str) -> str:
@@ -73,6 +90,8 @@ def key_of(stage: str, cfg: PipelineConfig, inputs: dict[str, Manifest], data_fp
         sections["train"] = {
             k: v for k, v in sections["train"].items() if k not in LAUNCH_ONLY_KEYS
         }
+    if "model" in sections:  # the files a model is built from, by content
+        sections["model_files"] = model_files_sha256(cfg.model)
     return stage_key(stage, sections, {n: m.key for n, m in inputs.items()}, data_fp, __version__)
 
 
@@ -104,6 +123,8 @@ def run_pipeline(
         ranks.follow(cfg)
         return {}
     with ranks.leading():
+        if "train" in selected:  # the user's network and checkpoint, before anything starts
+            preflight(cfg.model, resolve_preset(cfg.data, cfg.model))
         run_dir = cfg.run_path
         run_dir.mkdir(parents=True, exist_ok=True)
         with run_lock(run_dir):

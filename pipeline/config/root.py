@@ -62,6 +62,15 @@ class PipelineConfig(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _nothing_to_train(self) -> PipelineConfig:
+        if self.train.epochs == 0 and self.model.weights is None:
+            raise ValueError(
+                "train.epochs: 0 trains nothing and deploys the model as loaded, which needs "
+                "model.weights (a local checkpoint); set it, or train.epochs >= 1"
+            )
+        return self
+
     @property
     def run_path(self) -> Path:
         return self.run_dir / self.name

@@ -47,6 +47,12 @@ class SlimConfig(Strict):
     step: float = Field(0.05, gt=0.0, lt=1.0, description="with a budget: ratio added per step")
     exclude: list[str] = Field([], description="classifier layers whose outputs are kept whole")
     taylor_batches: int = Field(8, ge=1, description="train batches for Taylor importance")
+    compare: bool = Field(
+        True,
+        description="measure the unpruned and the pruned classifier side by side (ONNX FP32 and "
+        "INT8 on the test split) for the report's compression table; false skips it (two ONNX "
+        "exports and INT8 calibrations: minutes for a large network)",
+    )
     # recovery
     method: str = Field(
         "auto", description="recovery: 'auto' = the run's train.method (self-distillation); 'ce'"

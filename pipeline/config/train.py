@@ -21,7 +21,16 @@ from pipeline.distill import METHODS, MethodOptions
 
 class TrainConfig(Strict):
     method: str = Field("ce", description="training method (registry: pipeline.distill)")
-    epochs: int = Field(200, ge=1)
+    epochs: int = Field(
+        200, ge=0, description="0: train nothing; the model as loaded (model.weights) goes on"
+    )
+    teacher_warmup_epochs: int | None = Field(
+        None,
+        ge=0,
+        description="epochs training the self-teacher alone on the frozen classifier before "
+        "distillation; None = 1 where a trained classifier meets an untrained self-teacher "
+        "(model.weights, or recovery after a run without one), else 0",
+    )
     batch_size: int = Field(128, ge=1, description="global batch")
     lr: float = Field(0.1, gt=0.0, description="learning rate at lr_reference_batch")
     lr_reference_batch: int = Field(128, ge=1)
@@ -140,7 +149,7 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
-        if self.warmup_epochs >= self.epochs:
+        if self.epochs and self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs ({self.warmup_epochs}) must be < epochs ({self.epochs})"
             )

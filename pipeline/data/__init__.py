@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pipeline.data.base import (
     DataBundle,
     FileImages,
@@ -15,13 +17,24 @@ from pipeline.data.base import (
     make_loader,
     stratified_split,
 )
-from pipeline.data.presets import PRESETS, Preset, eval_transform, train_transform
+from pipeline.data.presets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PRESETS,
+    Preset,
+    eval_transform,
+    train_transform,
+)
 from pipeline.data.sources import SOURCES, register_source
 from pipeline.errors import DataError
 
 
-def resolve_preset(cfg) -> Preset:
+def resolve_preset(cfg, model=None) -> Preset:
+    """The data set's preset, with what the model says of its input where it says it
+    (`model_preprocessing`), with `data.*` overrides last."""
     base = PRESETS.get(cfg.name, PRESETS["imagefolder"])
+    if model is not None:
+        base = base.with_overrides(**model_preprocessing(model))
     return base.with_overrides(
         input_size=cfg.input_size,
         resize=cfg.resize,
@@ -31,12 +44,37 @@ def resolve_preset(cfg) -> Preset:
     )
 
 
-def build_data(cfg) -> DataBundle:
-    """Read the configured source, carve validation from train, attach the preset's transforms."""
+def model_preprocessing(model) -> dict:
+    """What a model's library says its input is: timm's pretrained configuration (mean, std,
+    input size, and the resize its centre-crop fraction implies); torchvision's ImageNet mean
+    and standard deviation. Nothing for the built-in classifiers and the user's own code."""
+    if model.source == "torchvision":
+        return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    if model.source != "timm":
+        return {}
+    try:
+        from timm.models import get_pretrained_cfg  # optional: the model.source needs it
+    except ImportError:
+        return {}
+    pc = get_pretrained_cfg(model.name)
+    if pc is None:
+        return {}
+    size = int(pc.input_size[-1])
+    return {
+        "mean": tuple(float(v) for v in pc.mean),
+        "std": tuple(float(v) for v in pc.std),
+        "input_size": size,
+        "resize": int(math.floor(size / pc.crop_pct)) if pc.crop_pct else None,
+    }
+
+
+def build_data(cfg, model=None) -> DataBundle:
+    """Read the configured source, carve validation from train, attach the preset's transforms
+    (the model's preprocessing where its library gives one: `resolve_preset`)."""
     if cfg.name not in SOURCES:
         raise DataError(f"unknown data source {cfg.name!r}; known: {', '.join(sorted(SOURCES))}")
     src: SourceData = SOURCES[cfg.name](cfg)
-    preset = resolve_preset(cfg)
+    preset = resolve_preset(cfg, model)
     train_idx, val_idx = stratified_split(src.train.labels, cfg.val_fraction, cfg.split_seed)
     train_idx = cap_per_class(src.train.labels, train_idx, cfg.max_per_class)
     fp = hash_parts(

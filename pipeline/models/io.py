@@ -14,6 +14,7 @@ from torch import nn
 
 from pipeline.errors import ArtefactError
 from pipeline.models.channels import apply_shapes
+from pipeline.models.external import build_classifier
 from pipeline.models.registry import create_model
 from pipeline.models.spec import ModelSpec, read_spec
 
@@ -39,13 +40,23 @@ def build_backbone(
     they are applied unless `shaped` is False (the training wrapper applies them itself, after
     its auxiliary branch is built at the unpruned widths).
     """
-    model = create_model(
-        spec.arch,
-        num_classes=spec.num_classes,
-        stem=spec.stem,
-        width=spec.width,
-        feature_taps=feature_taps,
-    )
+    if spec.source == "builtin":
+        model = create_model(
+            spec.arch,
+            num_classes=spec.num_classes,
+            stem=spec.stem,
+            width=spec.width,
+            feature_taps=feature_taps,
+        )
+    else:  # the user's network: its factory, its head sized as recorded, its stages
+        model, _ = build_classifier(
+            spec.source,
+            spec.arch,
+            spec.kwargs,
+            spec.num_classes,
+            spec.preset.input_size,
+            spec.stages,
+        )
     if shaped:
         apply_widths(model, spec)
     return model
@@ -54,7 +65,7 @@ def build_backbone(
 def apply_widths(model: nn.Module, spec: ModelSpec, prefix: str = "") -> nn.Module:
     """The layer widths a pruned model's spec records, applied to `model` (a no-op otherwise)."""
     if spec.shapes:
-        apply_shapes(model, spec.shapes)
+        apply_shapes(model, spec.shapes, params=spec.params)
         target = model.get_submodule(prefix.rstrip(".")) if prefix else model
         target.stage_channels = list(spec.stage_channels or ())
     return model

@@ -8,9 +8,11 @@ writer. A spec is never changed in place: `spec.replace(...)` makes a checked co
 
 What each stage records:
 
-- train: arch, stem, width, num_classes, method, feature_taps, classes, preset
-- slim (a channel-pruned network): the same plus `shapes` and `stage_channels`, under the
-  recovery method
+- train: source, arch, stem, width, num_classes, method, feature_taps, classes, preset; for a
+  network from torchvision, timm or the user's code also its `kwargs`, `stages` and, when its
+  factory cannot size the head, `head_replaced`
+- slim (a channel-pruned network): the same plus `shapes` (and `params`, for parameters outside
+  convolution, normalisation and linear layers) and `stage_channels`, under the recovery method
 - prune (the deployable classifier): no `feature_taps`, plus `aux_removed`
 """
 
@@ -30,7 +32,16 @@ SPEC_VERSION = 1
 """The spec's schema version. Raise it when a field changes meaning or a required one is added;
 records of an older version are refused with the way to rebuild them."""
 
-_OPTIONAL = ("feature_taps", "aux_removed", "shapes", "stage_channels")
+_OPTIONAL = (
+    "feature_taps",
+    "aux_removed",
+    "shapes",
+    "stage_channels",
+    "kwargs",
+    "stages",
+    "params",
+    "head_replaced",
+)
 """Keys a record carries only when they apply (written only when set)."""
 
 
@@ -58,8 +69,12 @@ class ModelSpec(_Record):
     """What builds the network and what it was trained on; `read_spec` reads one from a file."""
 
     version: int = SPEC_VERSION
-    source: Literal["builtin"] = "builtin"  # where the architecture comes from (the registry)
-    arch: str
+    # where the architecture comes from: the registry, torchvision, timm or a Python factory
+    source: Literal["builtin", "torchvision", "timm", "python"] = "builtin"
+    arch: str  # the registry's or library's name; `/abs/file.py:factory` or `module:factory`
+    kwargs: dict[str, Any] | None = None  # the factory's arguments (not builtin)
+    stages: tuple[str, ...] | None = None  # the modules whose outputs are the stage features
+    head_replaced: str | None = None  # the final linear layer resized to num_classes on build
     stem: str
     width: float
     num_classes: int
@@ -68,6 +83,7 @@ class ModelSpec(_Record):
     classes: tuple[str, ...]
     preset: PresetSpec
     shapes: dict[str, tuple[int, ...]] | None = None  # a channel-pruned network's layer sizes
+    params: dict[str, tuple[int, ...]] | None = None  # ... and of parameters outside layers
     stage_channels: tuple[int, ...] | None = None  # ... and its stage widths
     aux_removed: bool | None = None  # the deployable classifier: a self-teacher was removed
 

@@ -41,8 +41,7 @@ class SelfDistillModel(nn.Module):
         self.aux = aux
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        feats = self.backbone.forward_features(x)
-        logits = self.backbone.forward_head(feats[-1])
+        logits, feats = features_and_logits(self.backbone, x)
         if self.aux is None:
             return ModelOutput(logits=logits, features=feats)
         aux = self.aux(feats)
@@ -58,6 +57,26 @@ class SelfDistillModel(nn.Module):
     def deployable(self) -> nn.Module:
         """The classifier alone, what ships. Its logits are the wrapper's, bit for bit."""
         return classifier_only(self.backbone)
+
+
+def features_and_logits(
+    backbone: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A classifier's logits and stage features from one forward pass: its own
+    `forward_with_features` (a user's network, features captured on the way), else its
+    `forward_features` then `forward_head` (the built-in classifiers)."""
+    both = getattr(backbone, "forward_with_features", None)
+    if both is not None:
+        return both(x)
+    feats = backbone.forward_features(x)
+    return backbone.forward_head(feats[-1]), feats
+
+
+def classifier_head(backbone: nn.Module) -> nn.Module | None:
+    """The classifier's final linear layer: `fc` of the built-in ones, the layer found in a
+    user's network."""
+    find = getattr(backbone, "classifier_head", None)
+    return find() if find is not None else getattr(backbone, "fc", None)
 
 
 def classifier_only(backbone: nn.Module) -> nn.Module:

@@ -33,6 +33,7 @@ def build_report(
         | {"name": made.get("data", {}).get("name", cfg.data.name)},
         "model": {
             "name": model.get("name", cfg.model.name),
+            "source": cfg.model.source,
             "width": model.get("width", cfg.model.width),
             "method": made.get("train", {}).get("method", cfg.train.method),
         },
@@ -65,11 +66,20 @@ def _consistent(train, slim, prune, export, val) -> bool:
     return all(a == b for a, b in links)
 
 
+def _model_label(m: dict[str, Any]) -> str:
+    source = m.get("source", "builtin")
+    if source == "builtin":
+        return f"{m['name']} (width {m['width']})"
+    if source == "python":
+        return f"`{Path(m['name'].rpartition(':')[0]).name}:{m['name'].rpartition(':')[2]}`"
+    return f"{source} `{m['name']}`"
+
+
 def _summary(r: dict[str, Any]) -> list[str]:
     d, m = r["data"], r["model"]
     verdict = "PASSED" if r["passed"] else "FAILED"
     lines = [
-        f"**{verdict}**: {m['name']} (width {m['width']}), method `{m['method']}`, data "
+        f"**{verdict}**: {_model_label(m)}, method `{m['method']}`, data "
         f"`{d.get('name')}` ({d.get('num_classes', '?')} classes; "
         f"{f.splits(d.get('sizes', {}))} images).",
     ]
@@ -227,7 +237,36 @@ def _training(r: dict[str, Any], figures: dict[str, str]) -> Section | None:
     t = r["training"]
     if not t:
         return None
-    text = (
+    w = t.get("weights")
+    loaded = (
+        f"Started from `{w['path']}` (sha256 {w['sha256'][:12]}, {w['loaded']} tensors"
+        + (f", under `{w['nested_key']}`" if w.get("nested_key") else "")
+        + (
+            f"; final layer `{w['head_replaced']}` replaced: {w['head_classes'][0]} -> "
+            f"{w['head_classes'][1]} classes"
+            if w.get("head_replaced")
+            else ""
+        )
+        + "). "
+        if w
+        else ""
+    )
+    warm = t.get("teacher_warmup") or []
+    if warm:
+        loaded += (
+            f"The self-teacher was first trained alone on the frozen classifier for "
+            f"{len(warm)} epoch{'s' if len(warm) > 1 else ''} (its train top-1 "
+            f"{f.pct(warm[-1]['aux_train_top1'])}). "
+        )
+    if not t["epochs"]:
+        text = (
+            f"{loaded}Not trained (train.epochs 0): the model as loaded has test top-1 "
+            f"{f.pct(t['test_top1'])}"
+            + (f" (self-teacher {f.pct(t['test_aux_top1'])})" if "test_aux_top1" in t else "")
+            + "."
+        )
+        return Section("Training", [text])
+    text = loaded + (
         f"{t['epochs']} epochs in {t['train_s']:.1f} s ({f.per_s(t['images_per_s'])} images/s, "
         f"{t['device']}, {t['processes']} process{'es' if t['processes'] > 1 else ''}). Last "
         f"epoch: train top-1 {f.pct(t['train_top1'])}, validation top-1 "
@@ -302,10 +341,10 @@ def _compression(r: dict[str, Any]) -> Section | None:
     sl = r.get("slim") or {}
     if not sl.get("slimmed"):
         return None
-    c, rec, pr = sl["compression"], sl.get("recovery") or {}, sl["pruning"]
-    ref = c["unpruned"]["fp32"]["latency_ms"]["p50"]
+    c, rec, pr = sl.get("compression") or {}, sl.get("recovery") or {}, sl["pruning"]
+    ref = c["unpruned"]["fp32"]["latency_ms"]["p50"] if c else None
     rows = []
-    for who, label in (("unpruned", "unpruned"), ("slim", "slim")):
+    for who, label in (("unpruned", "unpruned"), ("slim", "slim")) if c else ():
         m = c[who]
         for prec in ("fp32", "int8"):
             a = m[prec]
@@ -349,7 +388,7 @@ def _compression(r: dict[str, Any]) -> Section | None:
         if rec
         else "not fine-tuned (slim.epochs 0)"
     )
-    q = c["slim"]["int8"].get("recipe") or {}
+    q = c["slim"]["int8"].get("recipe") or {} if c else {}
     int8 = (
         f": {q['format']}, {q['calibration']} calibration, {q['weight_bits']}-bit weights"
         if q
@@ -357,12 +396,33 @@ def _compression(r: dict[str, Any]) -> Section | None:
     )
     text = (
         f"Channel pruning removed {pr['ratio']:.0%} of the prunable channels "
-        f"({f.count(pr['before']['params'])} -> {f.count(pr['after']['params'])} parameters), "
-        f"{recovered}. Both classifiers were exported to ONNX (FP32, and INT8 with the run's "
-        f"`export.int8` recipe{int8}) and measured side by side in the slim stage with ONNX "
-        "Runtime on the test split."
+        f"({f.count(pr['before']['params'])} -> {f.count(pr['after']['params'])} parameters, "
+        f"{f.count(pr['before']['macs'])} -> {f.count(pr['after']['macs'])} MACs per image), "
+        f"{recovered}. "
+        + (
+            "Both classifiers were exported to ONNX (FP32, and INT8 with the run's "
+            f"`export.int8` recipe{int8}) and measured side by side in the slim stage with ONNX "
+            "Runtime on the test split."
+            if c
+            else "They were not measured side by side (slim.compare: false)."
+        )
     )
-    return Section("Compression", [text, Table(header, rows)])
+    kept = pr.get("kept_whole") or []
+    if kept:
+        text += (
+            f" {len(kept)} group{'s' if len(kept) > 1 else ''} of layers "
+            f"({sum(len(k['layers']) for k in kept)} layers) kept all their channels: removing "
+            "one breaks the network (an operation the dependency graph cannot follow, such as a "
+            "shape fixed inside a lambda or a custom module): "
+            + "; ".join(f"`{k['root']}` ({k['why']})" for k in kept[:5])
+            + (
+                f"; and {len(kept) - 5} more (the slim stage's pruning.json)"
+                if len(kept) > 5
+                else ""
+            )
+            + "."
+        )
+    return Section("Compression", [text, Table(header, rows)] if c else [text])
 
 
 def _export(r: dict[str, Any]) -> Section | None:

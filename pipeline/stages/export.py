@@ -116,9 +116,10 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     train = inputs["train"]
     training, slim = train.metrics, inputs["slim"].metrics if "slim" in inputs else {}
     if slim.get("slimmed"):  # the card describes the pruned classifier, as recovered
-        training = slim.get("recovery") or {
-            "test_top1": slim["compression"]["slim"]["fp32"]["top1"]
-        }
+        compared = slim.get("compression")
+        training = slim.get("recovery") or (
+            {"test_top1": compared["slim"]["fp32"]["top1"]} if compared else {}
+        )
     card = model_card(
         spec,
         run=cfg.name,

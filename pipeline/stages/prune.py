@@ -107,7 +107,7 @@ def attention_figures(
 
 def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -> StageResult:
     from pipeline.models import count_macs, count_parameters, torch_latency
-    from pipeline.models.channels import layer_shapes
+    from pipeline.models.channels import layer_shapes, parameter_shapes
     from pipeline.models.io import build_backbone, load_weights, read_spec, save_model
     from pipeline.models.self_teacher import SelfTeacher
     from pipeline.training.model import build_training_model
@@ -122,6 +122,7 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
         aux_removed=wrapper.aux is not None,
         # a pruned classifier's own widths, without the self-teacher's
         shapes=layer_shapes(classifier) if spec.shapes is not None else None,
+        params=(parameter_shapes(classifier) or None) if spec.shapes is not None else None,
     )
     save_model(classifier, deploy_spec, out_dir, "classifier")
     deployed = load_weights(build_backbone(deploy_spec), out_dir, "classifier")

@@ -42,20 +42,23 @@ def run(cfg, inputs: Mapping[str, Manifest], out_dir: Path, ctx: StageContext) -
     probe = functools.partial(ort_latency_probe, cfg)
     record = slimming.prune_trained(cfg, ctx.data, train_dir, out_dir / "pruned", probe)
     recovery = slimming.recover(cfg, ctx.data, out_dir / "pruned", out_dir, train_dir)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # measured; not artefacts
-        table = compression_table(
-            measure_classifier(
-                cfg, ctx.data, slimming.deployable(train_dir), Path(tmp) / "unpruned"
-            ),
-            measure_classifier(cfg, ctx.data, slimming.deployable(out_dir), Path(tmp) / "slim"),
+    table = None
+    if cfg.slim.compare:
+        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # measured; not artefacts
+            table = compression_table(
+                measure_classifier(
+                    cfg, ctx.data, slimming.deployable(train_dir), Path(tmp) / "unpruned"
+                ),
+                measure_classifier(cfg, ctx.data, slimming.deployable(out_dir), Path(tmp) / "slim"),
+            )
+        log.info(
+            "slim: %.2fx fewer MACs, FP32 %.2fx and INT8 %.2fx faster at batch 1, top-1 %+.4f "
+            "(FP32)",
+            1 / table["macs_ratio"],
+            table["speedup_batch1"]["slim_fp32"],
+            table["speedup_batch1"]["slim_int8"],
+            table["top1_change_fp32"],
         )
-    log.info(
-        "slim: %.2fx fewer MACs, FP32 %.2fx and INT8 %.2fx faster at batch 1, top-1 %+.4f (FP32)",
-        1 / table["macs_ratio"],
-        table["speedup_batch1"]["slim_fp32"],
-        table["speedup_batch1"]["slim_int8"],
-        table["top1_change_fp32"],
-    )
     metrics = {
         "slimmed": True,
         "recovery_method": slimming.recovery_method(cfg),

@@ -16,6 +16,7 @@ batch-norm scale or first-order Taylor; ranked per layer or globally; widths rou
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import warnings
@@ -28,6 +29,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError, StageError
 from pipeline.models import count_macs, count_parameters
+from pipeline.models.wrapper import classifier_head
 
 log = logging.getLogger("pipeline.slim")
 
@@ -45,7 +47,8 @@ def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
     """What keeps its output width: the classifier's head, the self-teacher, `slim.exclude`."""
     backbone = wrapper.backbone
     names = dict(backbone.named_modules())
-    ignored: list = [backbone.fc]
+    head = classifier_head(backbone)
+    ignored: list = [head] if head is not None else []
     for name in exclude:
         if name not in names or not name:
             near = [n for n in names if n and isinstance(names[n], nn.Conv2d)][:8]
@@ -176,7 +179,27 @@ def prune_channels(
     history = [{"ratio": 0.0, **measure()}]
     if budget is not None and _met(history[-1], slim):
         log.info("the unpruned classifier already meets the budget; nothing pruned")
-        return {"before": before, "after": history[-1], "history": history, "ratio": 0.0}
+        return {
+            "before": before,
+            "after": history[-1],
+            "history": history,
+            "ratio": 0.0,
+            "kept_whole": [],
+        }
+    ignored = _ignored(wrapper, slim.exclude)
+    with _layer_named(wrapper, "trace the network"):
+        kept = kept_whole(wrapper, one, ignored)
+    modules = dict(wrapper.named_modules())
+    ignored += [modules[k["root"]] for k in kept]
+    if kept:
+        log.warning(
+            "slim: %d groups of layers kept whole (%d layers; e.g. around %s): removing their "
+            "channels breaks the network (%s); the list is in the stage's pruning.json",
+            len(kept),
+            sum(len(k["layers"]) for k in kept),
+            ", ".join(k["root"].removeprefix("backbone.") for k in kept[:3]),
+            kept[0]["why"],
+        )
     with warnings.catch_warnings(), _layer_named(wrapper, "trace the network"):
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
         pruner = tp.pruner.MetaPruner(
@@ -187,7 +210,7 @@ def prune_channels(
             pruning_ratio=target_ratio,
             max_pruning_ratio=slim.max_layer_ratio,
             iterative_steps=steps,
-            ignored_layers=_ignored(wrapper, slim.exclude),
+            ignored_layers=ignored,
             round_to=slim.round_to,
             output_transform=_output,
         )
@@ -211,7 +234,96 @@ def prune_channels(
         "after": history[-1],
         "history": history,
         "ratio": history[-1]["ratio"],
+        "kept_whole": [
+            {
+                **k,
+                "root": k["root"].removeprefix("backbone."),
+                "layers": [n.removeprefix("backbone.") for n in k["layers"]],
+            }
+            for k in kept
+        ],
     }
+
+
+def _groups(wrapper: nn.Module, one: torch.Tensor, ignored: list):
+    """Torch-Pruning's dependency graph of `wrapper` and its prunable groups, by root name."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
+        pruner = tp.pruner.MetaPruner(
+            wrapper,
+            one,
+            importance=importance("l2"),
+            ignored_layers=ignored,
+            output_transform=_output,
+        )
+    names = {m: n for n, m in wrapper.named_modules()}
+    groups = {}
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        root = group[0].dep.target.module
+        layers = [
+            names[d.target.module]
+            for d, _ in group
+            if pruner.DG.is_out_channel_pruning_fn(d.handler) and d.target.module in names
+        ]
+        groups[names[root]] = (pruner.DG, root, group[0].dep.handler, layers)
+    return groups
+
+
+def _breaks(wrapper: nn.Module, one: torch.Tensor, ignored: list, roots: list[str]) -> str | None:
+    """On a copy of `wrapper`: remove one channel from each group rooted at `roots`, run it.
+    None when it still runs and returns what it returned before; else what went wrong."""
+    clone = copy.deepcopy(wrapper)
+    mapped = _same_objects(wrapper, clone, ignored)
+    with torch.no_grad():
+        before = wrapper(one)
+    try:
+        groups = _groups(clone, one, mapped)
+        for root in roots:
+            dg, module, handler, _ = groups[root]
+            dg.get_pruning_group(module, handler, [0]).prune()
+        with torch.no_grad():
+            after = clone(one)
+    except Exception as exc:  # noqa: BLE001 - what breaks is what the probe looks for
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    if after.logits.shape != before.logits.shape:
+        return f"the logits' shape changes from {tuple(before.logits.shape)}"
+    if len(after.features) != len(before.features):
+        return "the stage features change in number"
+    return None
+
+
+def kept_whole(wrapper: nn.Module, one: torch.Tensor, ignored: list) -> list[dict[str, Any]]:
+    """The groups of layers whose channels cannot be removed: removing one breaks the network
+    (an operation the dependency graph does not follow: a shape fixed inside a lambda or a
+    custom module, a reshape by constants). Probed on copies: every group at once, then, when
+    that breaks, each group alone. [{root, layers, why}]; empty for a graph it follows."""
+    wrapper.eval()
+    clone = copy.deepcopy(wrapper)  # the tracer is given a copy: the model stays untouched
+    groups = _groups(clone, one, _same_objects(wrapper, clone, ignored))
+    roots = list(groups)
+    if not roots or _breaks(wrapper, one, ignored, roots) is None:
+        return []
+    out = []
+    for root in roots:
+        why = _breaks(wrapper, one, ignored, [root])
+        if why is not None:
+            out.append({"root": root, "layers": groups[root][3], "why": why})
+    return out
+
+
+def _same_objects(wrapper: nn.Module, clone: nn.Module, items: list) -> list:
+    """`items` (modules and parameters of `wrapper`) as the same objects of its deep copy
+    `clone`, found by name."""
+    modules = dict(clone.named_modules())
+    params = dict(clone.named_parameters())
+    module_names = {m: n for n, m in wrapper.named_modules()}
+    param_names = {p: n for n, p in wrapper.named_parameters()}
+    return [
+        modules[module_names[x]] if isinstance(x, nn.Module) else params[param_names[x]]
+        for x in items
+    ]
 
 
 def _met(row: dict, slim) -> bool:

@@ -18,6 +18,7 @@ from PIL import Image
 from pipeline.data import DataBundle, FileImages, build_data, make_loader, resolve_preset
 from pipeline.data.base import ImageSet, resolve_workers
 from pipeline.models import create_model
+from pipeline.models.external import build_classifier
 
 
 def run_data_check(
@@ -25,7 +26,7 @@ def run_data_check(
 ) -> dict:
     """Build the configured data and measure it; `cfg` is a PipelineConfig. Returns plain JSON data."""
     start = time.perf_counter()
-    bundle = build_data(cfg.data)
+    bundle = build_data(cfg.data, cfg.model)
     build_s = time.perf_counter() - start
     loader = measure_loader(bundle, cfg, loader_batches)
     step = measure_train_step(cfg, bundle.num_classes, train_steps)
@@ -128,10 +129,18 @@ def _sync(device: torch.device) -> None:
 
 def measure_train_step(cfg, num_classes: int, steps: int) -> dict:
     """Images/s of forward + backward + SGD step for the configured model on random batches."""
-    preset = resolve_preset(cfg.data)
+    preset = resolve_preset(cfg.data, cfg.model)
     stem = preset.stem if cfg.model.stem == "auto" else cfg.model.stem
     device = _device(cfg.train.device)
-    model = create_model(cfg.model.name, num_classes=num_classes, stem=stem, width=cfg.model.width)
+    if cfg.model.external:
+        m = cfg.model
+        model, _ = build_classifier(
+            m.source, m.name, m.kwargs, num_classes, preset.input_size, m.stages
+        )
+    else:
+        model = create_model(
+            cfg.model.name, num_classes=num_classes, stem=stem, width=cfg.model.width
+        )
     model = model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=cfg.train.momentum)
     bs, s = cfg.train.batch_size, preset.input_size

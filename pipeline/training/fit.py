@@ -38,6 +38,7 @@ from pipeline.training.loop import StopFlag, StopRequested, Trainer, evaluate, t
 from pipeline.training.model import build_training_model, fresh_training_model, model_spec
 from pipeline.training.stability import check_head, head_warning
 from pipeline.training.teacher import TeacherSource, UnprunedTeacher
+from pipeline.training.warmup import load_user_weights, warm_up_aux
 
 log = logging.getLogger("pipeline.train")
 
@@ -143,6 +144,10 @@ def _build(
     if start is not None and not fresh:
         load_weights(model, start, "model")
         model.train()
+    weights = None
+    if start is None and cfg.model.weights is not None:  # the user's checkpoint
+        weights = load_user_weights(model.backbone, cfg.model.weights)
+        model.train()
     initial_sha256 = weights_sha256(model) if start is not None else None
     narrowest = min(m.out_channels for m in model.backbone.modules() if isinstance(m, nn.Conv2d))
     channels_last = accel.use_channels_last(t, acc.device, narrowest)
@@ -199,6 +204,38 @@ def _build(
         teacher_sha256=weights_sha256(unpruned.net) if unpruned else None,
         initial_sha256=initial_sha256,
         fresh=fresh,
+        weights=weights,
+    )
+
+
+def teacher_warmup_epochs(cfg: PipelineConfig, tr: Trainer, start: Path | None, fresh: bool) -> int:
+    """`train.teacher_warmup_epochs`, or (None) 1 where a trained classifier meets an untrained
+    self-teacher: the user's weights loaded, or a recovery whose start had no trained one."""
+    t = cfg.train
+    if t.epochs == 0 or tr.accelerator.unwrap_model(tr.model).aux is None:
+        return 0
+    if t.teacher_warmup_epochs is not None:
+        return t.teacher_warmup_epochs
+    if tr.weights is not None:
+        return 1
+    if start is not None and not fresh and (start / "pruning.json").is_file():
+        return int(json.loads((start / "pruning.json").read_text()).get("fresh_tensors", 0) > 0)
+    return 0
+
+
+def _teacher_warmup(tr: Trainer, cfg: PipelineConfig, start: Path | None, fresh: bool) -> None:
+    """Before the first step (never on a resume): the self-teacher trained alone on the frozen
+    classifier's features, so the classifier is not taught by a random teacher."""
+    n = teacher_warmup_epochs(cfg, tr, start, fresh)
+    if n == 0 or tr.checkpointer.latest():
+        return
+    tr.teacher_warmup = warm_up_aux(
+        tr.accelerator.unwrap_model(tr.model),
+        tr.loaders[0],
+        n,
+        scaled_lr(cfg.train),
+        tr.accelerator,
+        tr.channels_last,
     )
 
 
@@ -335,16 +372,17 @@ def _summary(
     tr: Trainer, cfg: PipelineConfig, history: list[dict], test: dict, t_start: float
 ) -> dict:
     t, unwrapped = cfg.train, tr.accelerator.unwrap_model(tr.model)
-    last = history[-1]
+    last = history[-1] if history else {}  # train.epochs: 0 trains nothing
+    n = max(len(history), 1)
     metrics = {
         "method": t.method,
         "epochs": t.epochs,
         "test_top1": test["top1"],
         "val_top1": last.get("val_top1"),
-        "train_top1": last["train_top1"],
-        "final_loss": last["loss"],
-        "images_per_s": sum(h["images_per_s"] for h in history) / len(history),
-        "epoch_s": sum(h["epoch_s"] for h in history) / len(history),
+        "train_top1": last.get("train_top1"),
+        "final_loss": last.get("loss"),
+        "images_per_s": sum(h["images_per_s"] for h in history) / n if history else None,
+        "epoch_s": sum(h["epoch_s"] for h in history) / n if history else None,
         "train_s": time.perf_counter() - t_start,
         "params_total": count_parameters(unwrapped),
         "params_classifier": count_parameters(unwrapped.backbone),
@@ -358,6 +396,10 @@ def _summary(
     }
     if tr.initial_sha256 is not None:  # a training from a saved model: how it started
         metrics["start"] = {"fresh": tr.fresh, "initial_weights_sha256": tr.initial_sha256}
+    if tr.weights is not None:
+        metrics["weights"] = tr.weights
+    if tr.teacher_warmup:
+        metrics["teacher_warmup"] = tr.teacher_warmup
     if tr.teacher is not None:  # frozen: the same weights (and batch-norm statistics) after
         metrics["teacher"] = {
             **tr.teacher.source.to_dict(),
@@ -490,8 +532,9 @@ def _fit(
     t_start = time.perf_counter()
     spec = start_spec(cfg, bundle, start)
     tr = _build(cfg, bundle, work, spec, start, teacher, fresh)
-    if start is None or fresh:  # a network at its initial weights
+    if (start is None or fresh) and cfg.train.epochs:  # a network at its initial weights
         _head_stability(tr, cfg, bundle, work)
+    _teacher_warmup(tr, cfg, start, fresh)
     _compile_step(tr)
     on_cpu = tr.accelerator.device.type == "cpu"
     with reuse_freed_memory(cfg.train.reuse_host_memory and on_cpu):

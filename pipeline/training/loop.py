@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -82,6 +82,9 @@ class Trainer:
     # freshly initialised (`fresh`) rather than loaded
     initial_sha256: str | None = None
     fresh: bool = False
+    # `model.weights`: what the user's checkpoint loaded; the self-teacher's warm-up epochs
+    weights: dict | None = None
+    teacher_warmup: list = field(default_factory=list)
 
     def reset_sums(self, partial: dict[str, float] | None = None) -> None:
         p = {k: v for k, v in (partial or {}).items() if k != "elapsed"}

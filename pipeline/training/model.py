@@ -13,6 +13,7 @@ from torch import nn
 
 from pipeline.distill import Method, OptionsInput, create_method
 from pipeline.models import SelfDistillModel, init_weights
+from pipeline.models.external import build_classifier
 from pipeline.models.io import apply_widths, build_backbone, load_weights, read_spec
 from pipeline.models.spec import ModelSpec
 
@@ -22,12 +23,26 @@ def resolve_stem(model_cfg, preset) -> str:
 
 
 def model_spec(cfg, bundle) -> ModelSpec:
-    """What the train stage records beside the weights; enough to rebuild the model."""
+    """What the train stage records beside the weights; enough to rebuild the model. A network
+    from torchvision, timm or the user's code is built once here: its stages found (or the
+    configured ones checked) and its head sized to the data's classes."""
     method = cfg.train.method
+    m = cfg.model
+    external: dict = {}
+    if m.external:
+        backbone, replaced = build_classifier(
+            m.source, m.name, m.kwargs, bundle.num_classes, bundle.preset.input_size, m.stages
+        )
+        external = {
+            "kwargs": dict(m.kwargs),
+            "stages": tuple(backbone.stages),
+            "head_replaced": replaced,
+        }
     return ModelSpec(
-        arch=cfg.model.name,
-        stem=resolve_stem(cfg.model, bundle.preset),
-        width=cfg.model.width,
+        source=m.source,
+        arch=m.name,
+        stem=resolve_stem(m, bundle.preset),
+        width=m.width,
         num_classes=bundle.num_classes,
         method=method,
         feature_taps=create_method(
@@ -35,6 +50,7 @@ def model_spec(cfg, bundle) -> ModelSpec:
         ).needs_features,
         classes=bundle.classes,
         preset=bundle.preset.to_dict(),
+        **external,
     )
 
 
@@ -56,11 +72,13 @@ def fresh_training_model(
     spec: ModelSpec, options: OptionsInput = None, epochs: int = 1
 ) -> tuple[SelfDistillModel, Method]:
     """`build_training_model` with every layer of the classifier initialised at the widths the
-    spec records, as the architecture initialises its own (the layers a pruned spec rebuilt
-    would otherwise keep torch's default); the auxiliary branch as built. From torch's global
+    spec records, as the architecture initialises its own (a network from torchvision, timm or
+    the user's code: its factory's initialisation, resized layers sliced from it); the
+    auxiliary branch as built. From torch's global
     generator: the same seed gives the same weights."""
     wrapper, method = build_training_model(spec, options, epochs)
-    init_weights(wrapper.backbone)
+    if spec.source == "builtin":  # another network keeps its factory's own initialisation
+        init_weights(wrapper.backbone)
     return wrapper, method
 
 

@@ -360,7 +360,7 @@ def follow(cfg) -> None:
     def data_of(c):
         key = c.data.model_dump_json()
         if key not in bundles:
-            bundles[key] = build_data(c.data)
+            bundles[key] = build_data(c.data, c.model)
         return bundles[key]
 
     try:  # while rank 0 reads its own copy

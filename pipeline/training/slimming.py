@@ -34,7 +34,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import DataBundle
 from pipeline.distill import create_method
 from pipeline.errors import StageError
-from pipeline.models.channels import layer_shapes
+from pipeline.models.channels import layer_shapes, parameter_shapes
 from pipeline.models.io import read_spec, save_model
 from pipeline.training import accel
 from pipeline.training.channel_pruning import prune_channels
@@ -128,7 +128,11 @@ def prune_trained(
     wrapper.backbone.stage_channels = widths
     record["fresh_tensors"] = fresh
     record["stage_channels"] = widths
-    pruned_spec = spec.replace(shapes=layer_shapes(wrapper), stage_channels=widths)
+    pruned_spec = spec.replace(
+        shapes=layer_shapes(wrapper),
+        params=parameter_shapes(wrapper.backbone, "backbone.") or None,
+        stage_channels=widths,
+    )
     pruned_dir.mkdir(parents=True, exist_ok=True)
     save_model(wrapper, pruned_spec, pruned_dir, "model")
     write_json_atomic(record_path, record)

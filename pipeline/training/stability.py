@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pipeline.models.wrapper import ModelOutput
+from pipeline.models.wrapper import ModelOutput, classifier_head
 
 
 @dataclass(frozen=True)
@@ -67,9 +67,9 @@ def stability_limit(momentum: float, nesterov: bool) -> float:
 
 
 def _head(model: nn.Module) -> nn.Linear:
-    head = getattr(getattr(model, "backbone", model), "fc", None)
+    head = classifier_head(getattr(model, "backbone", model))
     if not isinstance(head, nn.Linear):
-        raise TypeError(f"{type(model).__name__} has no linear classifier head `fc`")
+        raise TypeError(f"{type(model).__name__} has no linear classifier head")
     return head
 
 

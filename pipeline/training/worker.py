@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         fit(
             cfg,
-            build_data(cfg.data),
+            build_data(cfg.data, cfg.model),
             args.work,
             args.start_model,
             teacher=teacher,

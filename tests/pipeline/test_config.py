@@ -34,8 +34,9 @@ def test_overrides_are_typed_yaml():
     [
         ("train.epochz=3", ["train.epochz", "unknown key", "epochs"]),
         ("train.epochs=abc", ["train.epochs", "'abc'"]),
-        ("train.epochs=0", ["train.epochs", "greater than or equal to 1"]),
-        ("model.name=resnet1000", ["model.name", "resnet1000", "resnet18"]),
+        ("train.epochs=-1", ["train.epochs", "greater than or equal to 0"]),
+        ("train.epochs=0", ["train.epochs: 0", "model.weights"]),
+        ("model.name=resnet1000", ["resnet1000", "resnet18", "model.source"]),
         ("train.method=magic", ["train.method", "'ce'", "'magic'"]),
         ("data.val_fraction=1.5", ["data.val_fraction", "1.5"]),
         ("train.milestones=[0.8, 0.2]", ["train.milestones", "increasing"]),
