@@ -33,11 +33,15 @@ def resolve_preset(cfg, model=None) -> Preset:
     """The data set's preset, with what the model says of its input where it says it
     (`model_preprocessing`), with `data.*` overrides last."""
     base = PRESETS.get(cfg.name, PRESETS["imagefolder"])
-    if model is not None:
-        base = base.with_overrides(**model_preprocessing(model))
+    said = model_preprocessing(model) if model is not None else {}
+    crop_pct = said.pop("crop_pct", None)
+    base = base.with_overrides(**said)
+    resize = cfg.resize
+    if resize is None and crop_pct:  # the model's centre-crop fraction at the final input size
+        resize = int(math.floor((cfg.input_size or base.input_size) / crop_pct))
     return base.with_overrides(
         input_size=cfg.input_size,
-        resize=cfg.resize,
+        resize=resize,
         train_aug=cfg.train_aug,
         mean=tuple(cfg.mean) if cfg.mean else None,
         std=tuple(cfg.std) if cfg.std else None,
@@ -46,8 +50,9 @@ def resolve_preset(cfg, model=None) -> Preset:
 
 def model_preprocessing(model) -> dict:
     """What a model's library says its input is: timm's pretrained configuration (mean, std,
-    input size, and the resize its centre-crop fraction implies); torchvision's ImageNet mean
-    and standard deviation. Nothing for the built-in classifiers and the user's own code."""
+    input size, and its centre-crop fraction `crop_pct`, which sets the test-time resize for
+    whatever input size is used); torchvision's ImageNet mean and standard deviation. Nothing
+    for the built-in classifiers and the user's own code."""
     if model.source == "torchvision":
         return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     if model.source != "timm":
@@ -64,7 +69,7 @@ def model_preprocessing(model) -> dict:
         "mean": tuple(float(v) for v in pc.mean),
         "std": tuple(float(v) for v in pc.std),
         "input_size": size,
-        "resize": int(math.floor(size / pc.crop_pct)) if pc.crop_pct else None,
+        "crop_pct": float(pc.crop_pct) if pc.crop_pct else None,
     }
 
 

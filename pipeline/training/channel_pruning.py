@@ -267,12 +267,17 @@ def _groups(wrapper: nn.Module, one: torch.Tensor, ignored: list):
             for d, _ in group
             if pruner.DG.is_out_channel_pruning_fn(d.handler) and d.target.module in names
         ]
-        groups[names[root]] = (pruner.DG, root, group[0].dep.handler, layers)
+        # one channel from each channel group (a grouped convolution's groups stay equal)
+        n = pruner.DG.get_out_channels(root)
+        g = max(1, pruner._get_channel_groups(group))
+        idxs = [k * (n // g) for k in range(g)] if n and n % g == 0 and n > g else [0]
+        groups[names[root]] = (pruner.DG, root, group[0].dep.handler, layers, idxs)
     return groups
 
 
 def _breaks(wrapper: nn.Module, one: torch.Tensor, ignored: list, roots: list[str]) -> str | None:
-    """On a copy of `wrapper`: remove one channel from each group rooted at `roots`, run it.
+    """On a copy of `wrapper`: remove a channel (one per channel group) from each group rooted
+    at `roots`, and run it.
     None when it still runs and returns what it returned before; else what went wrong."""
     clone = copy.deepcopy(wrapper)
     mapped = _same_objects(wrapper, clone, ignored)
@@ -281,8 +286,8 @@ def _breaks(wrapper: nn.Module, one: torch.Tensor, ignored: list, roots: list[st
     try:
         groups = _groups(clone, one, mapped)
         for root in roots:
-            dg, module, handler, _ = groups[root]
-            dg.get_pruning_group(module, handler, [0]).prune()
+            dg, module, handler, _, idxs = groups[root]
+            dg.get_pruning_group(module, handler, idxs).prune()
         with torch.no_grad():
             after = clone(one)
     except Exception as exc:  # noqa: BLE001 - what breaks is what the probe looks for

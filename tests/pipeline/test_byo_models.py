@@ -146,7 +146,7 @@ def test_whole_pipeline(source, name, classes, layout, images, tmp_path, one_thr
         roots = [k["root"] for k in pruning["kept_whole"]]
         assert roots == ["net.conv1"]
         assert "net.layer1.0.conv2" in pruning["kept_whole"][0]["layers"]
-    elif name.endswith("resnet18") or "efficientnet" in name or "mobilenet" in name:
+    else:  # depthwise and grouped convolutions, squeeze-excitation, layer norms: all followed
         assert pruning["kept_whole"] == []
 
     prune = m["prune"].metrics
@@ -335,3 +335,30 @@ def test_teacher_warmup_leaves_the_classifier_untouched():
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(not torch.equal(aux_before[k], v) for k, v in model.aux.state_dict().items())
     assert model.backbone.training  # its mode restored
+
+
+def test_preprocessing_comes_from_the_model_unless_data_overrides_it():
+    from pipeline.data import resolve_preset
+
+    def preset(*sets):
+        cfg = load_config(None, list(sets))
+        return resolve_preset(cfg.data, cfg.model)
+
+    timm_cfg = timm.models.get_pretrained_cfg("efficientnet_b0")
+    p = preset("model.source=timm", "model.name=efficientnet_b0")
+    assert (p.input_size, p.mean, p.std) == (224, tuple(timm_cfg.mean), tuple(timm_cfg.std))
+    assert p.resize == int(224 / timm_cfg.crop_pct)
+    # a smaller input keeps the model's crop fraction; data.* wins over the model
+    assert preset(
+        "model.source=timm", "model.name=efficientnet_b0", "data.input_size=32"
+    ).resize == int(32 / timm_cfg.crop_pct)
+    p = preset(
+        "model.source=timm",
+        "model.name=efficientnet_b0",
+        "data.mean=[0.5, 0.5, 0.5]",
+        "data.resize=40",
+    )
+    assert p.mean == (0.5, 0.5, 0.5) and p.resize == 40
+    p = preset("model.source=torchvision", "model.name=resnet18")
+    assert p.mean == (0.485, 0.456, 0.406) and p.input_size == 32  # the data set's size
+    assert preset().mean == (0.5, 0.5, 0.5)  # the built-in model: the data set's preset
