@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from pipeline.config import load_config  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.runner import run_pipeline  # noqa: E402
 
 MODELS = [
@@ -138,20 +139,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: no data set at {args.data} (an ImageFolder with train/ and test/)")
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rows = []
+    rows, failed = [], []
     for spec in args.models:
         source, _, name = spec.partition(":")
         cfg = load_config(None, overrides(args, source, name))
         t0 = time.perf_counter()
-        manifests = run_pipeline(cfg)
+        try:
+            manifests = run_pipeline(cfg)
+        except PipelineError as exc:  # recorded, and the other models still run
+            failed.append({"model": spec, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{spec}: {failed[-1]['error']}", flush=True)
+            continue
         rows.append(row(spec, manifests, time.perf_counter() - t0))
         print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(markdown(rows))
+    for f in failed:
+        print(f"failed: {f['model']}: {f['error']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
-    return 0
+        args.json.write_text(json.dumps({"rows": rows, "failed": failed}, indent=2))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

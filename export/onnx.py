@@ -87,16 +87,18 @@ def onnx_metadata(spec: ModelSpec, source_key: str) -> dict[str, Any]:
 
 def parity(run, model: torch.nn.Module, images: torch.Tensor, chunk: int = 128) -> dict:
     """An exported model's logits (`run`: numpy batch -> numpy logits) against torch's."""
-    diffs, agree = [], 0
+    diffs, scale, agree = [], 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(images), chunk):
             x = images[start : start + chunk]
             ref = model(x).numpy()
             got = run(x.numpy())
             diffs.append(float(np.abs(ref - got).max()))
+            scale = max(scale, float(np.abs(ref).max()))
             agree += int((ref.argmax(1) == got.argmax(1)).sum())
     return {
         "max_abs_diff": max(diffs),
+        "max_abs_logit": scale,  # the scale the difference is judged against (export.rtol)
         "top1_agreement": agree / len(images),
         "samples": len(images),
     }

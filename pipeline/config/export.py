@@ -53,6 +53,12 @@ class EngineConfig(Strict):
 class ExportConfig(Strict):
     opset: int = Field(18, ge=13, le=23)
     atol: float = Field(1e-4, gt=0.0, description="max abs logit difference ONNX vs torch")
+    rtol: float = Field(
+        1e-5,
+        ge=0.0,
+        description="added to atol, times the largest |logit|: a deep network's float32 sums "
+        "reordered by another runtime differ in proportion to the logits' size",
+    )
     min_top1_agreement: float = Field(0.999, ge=0.0, le=1.0)
     parity_samples: int = Field(512, ge=1)
     formats: list[str] = Field(

@@ -57,10 +57,16 @@ class ModelConfig(Strict):
                     "take model.width and model.stem"
                 )
         else:
-            if self.width != 1.0 or self.stem != "auto":
+            set_here = [
+                f"model.{k}={v}"
+                for k, v, default in (("width", self.width, 1.0), ("stem", self.stem, "auto"))
+                if v != default
+            ]
+            if set_here:
                 raise ValueError(
-                    f"model.width and model.stem shape the built-in classifiers only; for a "
-                    f"{self.source} model set its own arguments in model.kwargs"
+                    f"{' and '.join(set_here)} shape the built-in classifiers only; for a "
+                    f"{self.source} model remove them from the config (or --set model.width=1 "
+                    "--set model.stem=auto) and pass the model's own arguments in model.kwargs"
                 )
             for key in _NO_HUB:
                 if self.kwargs.get(key) not in (None, False):
