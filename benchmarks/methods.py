@@ -25,17 +25,25 @@ import argparse
 import ast
 import json
 import logging
-import math
-import os
 import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.protocols import (  # noqa: E402
+    FULL_ROOT,
+    METRIC,
+    gain_cell,
+    judged_phrase,
+    missing_data,
+    paired_gain,
+    protocol_overrides,
+    python_cmd,
+    run_child,
+    run_resumable,
+)
 from pipeline import stages  # noqa: E402
 from pipeline.artifacts import read_jsonl  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
@@ -44,20 +52,8 @@ log = logging.getLogger("bench.methods")
 
 METHODS = ["ce", "ls", "cskd", "pskd", "byot", "frskd", "ama"]
 BASELINES = ["ce", "ls", "frskd"]
-FULL_ROOT = REPO.parent / "shared" / "datasets" / "cifar10-full"
-# The precise protocol (../shared/datasets/cifar10-full/README.md): 500 train images per class,
-# judged on the other 4,500 per class. Validation runs once, after the last epoch.
-PRECISE = [
-    "data.name=imagefolder",
-    "data.val_fraction=0.9",
-    "data.max_per_class=500",
-    "train.val_every_epochs=null",
-]
-# GPU scale: every train image of cifar10-full, 10% of them (stratified) held out and judged.
-FULL = ["data.name=imagefolder", "data.val_fraction=0.1", "train.val_every_epochs=null"]
 # A budget "fits" when the last epochs reach this train top-1 (the literature's schedules do).
 FIT_LEVEL = 0.95
-METRIC = {"test": "test_top1", "precise": "val_top1", "full": "val_top1"}
 KEPT = (
     "test_top1",
     "test_aux_top1",
@@ -191,7 +187,7 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
         f"run_dir={args.out / 'runs'}",
     ]
     if args.protocol in ("precise", "full"):
-        o += [*(PRECISE if args.protocol == "precise" else FULL), f"data.root={args.full_root}"]
+        o += protocol_overrides(args.protocol, args.full_root)
     else:
         o.append(f"data.name={args.data}")
         if args.data != "digits":
@@ -228,24 +224,10 @@ def train_one(overrides: list[str], name: str) -> dict:
     return _kept(m.metrics, m.data, stages.folder(cfg.run_path, "train"))
 
 
-def child_env() -> dict[str, str]:
-    """One thread per training process: torch's intra-op pool follows OMP_NUM_THREADS."""
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        env[var] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
-
-
 def train_in_child(overrides: list[str], name: str, empty_config: Path) -> dict:
     """In a single-threaded `python -m pipeline run --only train` (the same caching and resume)."""
     sets = sum((["--set", o] for o in [*overrides, f"name={name}"]), [])
-    cmd = [sys.executable, "-m", "pipeline", "run", str(empty_config), "--only", "train", *sets]
-    log.info("start %s", name)
-    res = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, cwd=REPO)
-    if res.returncode != 0:
-        raise RuntimeError(f"run {name} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-    log.info("done %s", name)
+    run_child(python_cmd("-m", "pipeline", "run", empty_config, "--only", "train", *sets), name)
     done = finished_run(overrides, name)
     if done is None:
         raise RuntimeError(f"run {name} exited 0 but its train stage left no manifest")
@@ -352,60 +334,24 @@ def run_all(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
         return {tag: per_seed for tag, per_seed in results.items() if per_seed}
     if not tasks:
         return results
-    if args.jobs == 1:
-        for tag, seed, overrides in tasks:
-            results[tag][seed] = train_one(overrides, run_name(tag, seed))
-        return results
     empty = args.out / "empty.yaml"
-    empty.write_text("{}\n")
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {
-            (tag, seed): pool.submit(train_in_child, overrides, run_name(tag, seed), empty)
-            for tag, seed, overrides in tasks
-        }
-        for (tag, seed), fut in futures.items():
-            results[tag][seed] = fut.result()
+    if args.jobs > 1:
+        empty.write_text("{}\n")
+    # Every run goes through the pipeline, whose stage cache reuses a finished, up-to-date run
+    # (the run folder is named by variant and seed, not by the settings).
+    overrides = {(tag, seed): o for tag, seed, o in tasks}
+    done = run_resumable(
+        list(overrides),
+        args.jobs,
+        here=lambda k: train_one(overrides[k], run_name(*k)),
+        child=lambda k: train_in_child(overrides[k], run_name(*k), empty),
+    )
+    for (tag, seed), kept in done.items():
+        results[tag][seed] = kept
     return results
 
 
-# statistics ----------------------------------------------------------------------------------
-
-
-def t_interval(diffs: list[float], confidence: float = 0.95) -> dict:
-    """Mean of paired differences and its Student-t interval over them (n - 1 degrees of
-    freedom); with one difference there is no interval."""
-    from scipy import stats
-
-    n = len(diffs)
-    mean = statistics.mean(diffs)
-    if n < 2:
-        return {
-            "n": n,
-            "mean": mean,
-            "std": None,
-            "low": None,
-            "high": None,
-            "excludes_zero": False,
-        }
-    sd = statistics.stdev(diffs)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
-    low, high = mean - half, mean + half
-    return {
-        "n": n,
-        "mean": mean,
-        "std": sd,
-        "low": low,
-        "high": high,
-        "excludes_zero": low > 0 or high < 0,
-    }
-
-
-def paired_gain(values: dict[int, float], base: dict[int, float]) -> dict | None:
-    """values - base over the seeds both have, with the t-interval of the mean difference."""
-    seeds = sorted(set(values) & set(base))
-    if not seeds:
-        return None
-    return {"seeds": seeds, **t_interval([values[s] - base[s] for s in seeds])}
+# statistics (the paired t-interval over seeds: protocols.py) ---------------------------------
 
 
 def summarise(
@@ -483,15 +429,6 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f}"
 
 
-def _gain_cell(g: dict | None) -> str:
-    if g is None:
-        return "—"
-    if g["low"] is None:
-        return f"{100 * g['mean']:+.2f} (1 seed)"
-    text = f"{100 * g['mean']:+.2f} [{100 * g['low']:+.2f}, {100 * g['high']:+.2f}]"
-    return f"**{text}**" if g["excludes_zero"] else text
-
-
 def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) -> str:
     lines = [
         header,
@@ -520,7 +457,7 @@ def markdown(rows: list[dict], header: str, baselines: list[str] = BASELINES) ->
             "|---|" + "---|" * len(shown),
         ]
         for r in rows:
-            cells = [_gain_cell(r["gains"].get(b)) for b in shown]
+            cells = [gain_cell(r["gains"].get(b)) for b in shown]
             lines.append(f"| {r['variant']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -531,11 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per checkpoint file
-    if args.protocol in ("precise", "full") and not (args.full_root / "train").is_dir():
-        print(
-            f"skipped: the {args.protocol} protocol needs CIFAR-10 in ImageFolder layout at "
-            f"{args.full_root} (train/<class>/*); it is not there. Pass --full-root."
-        )
+    missing = missing_data(args.protocol, args.full_root)
+    if missing:
+        print(missing)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results = run_all(args)
@@ -549,13 +484,9 @@ def main(argv: list[str] | None = None) -> int:
         / 60
     )
     first = next(iter(next(iter(results.values())).values()))
-    if args.protocol in ("precise", "full"):
-        judged = (
-            f"Last-epoch top-1 (%) on the {first['n_val']:,} validation images the runs did not "
-            f"train on ({first['n_train']:,} train images, {args.full_root.name})"
-        )
-    else:
-        judged = f"Last-epoch test top-1 (%) on {first['n_test']:,} test images"
+    judged = "Last-epoch " + judged_phrase(
+        args.protocol, first["n_train"], first["n_val"], first["n_test"], args.full_root.name
+    )
     header = (
         f"# Method benchmark ({args.protocol} protocol): {args.model} width {args.width}, "
         f"{args.epochs} epochs, batch {args.batch}, seeds {args.seeds}\n\n{judged}; epoch time in "
