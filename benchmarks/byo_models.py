@@ -115,8 +115,9 @@ def row(spec: str, m: dict, wall_s: float) -> dict:
 def markdown(rows: list[dict]) -> str:
     head = (
         "| model | params before -> after | MACs before -> after | kept whole | prune parity "
-        "| ONNX parity | INT8 agreement | ORT FP32 / INT8 speed-up vs torch FP32 (batch 1) |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "| ONNX parity | test top-1 FP32 / INT8 | INT8 agreement "
+        "| ORT FP32 / INT8 speed-up vs torch FP32 (batch 1) |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
@@ -127,7 +128,9 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['model']} | {r['params_before']:,} -> {r['params_after']:,} "
             f"| {r['macs_before'] / 1e6:.1f} M -> {r['macs_after'] / 1e6:.1f} M "
             f"({r['macs_before'] / r['macs_after']:.2f}x) | {kept} | {r['prune_parity']:.1e} "
-            f"| {r['onnx_parity']:.1e} | {r['int8_agreement']:.3f} "
+            f"| {r['onnx_parity']:.1e} "
+            f"| {100 * r['top1']['onnx']:.1f}% / {100 * r['top1'].get('onnx_int8', float('nan')):.1f}% "
+            f"| {r['int8_agreement']:.3f} "
             f"| {r['speedup_onnx']:.2f}x / {r['speedup_onnx_int8']:.2f}x |"
         )
     return head + "\n".join(lines) + "\n"

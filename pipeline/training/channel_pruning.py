@@ -200,7 +200,11 @@ def prune_channels(
             ", ".join(k["root"].removeprefix("backbone.") for k in kept[:3]),
             kept[0]["why"],
         )
-    with warnings.catch_warnings(), _layer_named(wrapper, "trace the network"):
+    with (
+        warnings.catch_warnings(),
+        _layer_named(wrapper, "trace the network"),
+        _unmapped_reshapes(),
+    ):
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
         pruner = tp.pruner.MetaPruner(
             wrapper,
@@ -245,9 +249,35 @@ def prune_channels(
     }
 
 
+@contextlib.contextmanager
+def _unmapped_reshapes():
+    """Torch-Pruning maps channels through a reshape by inferring the channel counts on both
+    sides; where it cannot (a channel shuffle's view infers 0 channels) it divides by zero and
+    the whole trace fails. Here such a reshape is left unmapped instead: the probe in
+    `kept_whole` then finds the groups it breaks and keeps them whole."""
+    from torch_pruning.dependency import index_mapping
+
+    original = getattr(index_mapping, "update_reshape_index_mapping", None)
+    if original is None:  # another Torch-Pruning layout: nothing to guard
+        yield
+        return
+
+    def guarded(graph, node) -> None:
+        try:
+            original(graph, node)
+        except ZeroDivisionError:
+            log.debug("a reshape Torch-Pruning cannot map is left unmapped: %s", node)
+
+    index_mapping.update_reshape_index_mapping = guarded
+    try:
+        yield
+    finally:
+        index_mapping.update_reshape_index_mapping = original
+
+
 def _groups(wrapper: nn.Module, one: torch.Tensor, ignored: list):
     """Torch-Pruning's dependency graph of `wrapper` and its prunable groups, by root name."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _unmapped_reshapes():
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
         pruner = tp.pruner.MetaPruner(
             wrapper,
@@ -305,16 +335,55 @@ def kept_whole(wrapper: nn.Module, one: torch.Tensor, ignored: list) -> list[dic
     custom module, a reshape by constants). Probed on copies: every group at once, then, when
     that breaks, each group alone. [{root, layers, why}]; empty for a graph it follows."""
     wrapper.eval()
+    unmappable = _unmappable(wrapper, one, ignored)
+    if unmappable:  # groups whose channels the graph cannot even map: kept whole, first
+        modules = dict(wrapper.named_modules())
+        ignored = [*ignored, *(modules[u["root"]] for u in unmappable)]
     clone = copy.deepcopy(wrapper)  # the tracer is given a copy: the model stays untouched
     groups = _groups(clone, one, _same_objects(wrapper, clone, ignored))
     roots = list(groups)
     if not roots or _breaks(wrapper, one, ignored, roots) is None:
-        return []
-    out = []
+        return unmappable
+    out = list(unmappable)
     for root in roots:
         why = _breaks(wrapper, one, ignored, [root])
         if why is not None:
             out.append({"root": root, "layers": groups[root][3], "why": why})
+    return out
+
+
+def _unmappable(wrapper: nn.Module, one: torch.Tensor, ignored: list) -> list[dict[str, Any]]:
+    """Where Torch-Pruning's tracer builds its graph but fails to map some group's channels
+    (a channel shuffle's split, view and concatenation): those groups' roots, found one root at
+    a time on a copy, with the error. Empty (and cheap: one trace) where every group maps."""
+    clone = copy.deepcopy(wrapper)
+    mapped = _same_objects(wrapper, clone, ignored)
+    try:
+        _groups(clone, one, mapped)
+        return []
+    except Exception:  # noqa: BLE001 - find which groups, below
+        pass
+    skip = {m for x in mapped if isinstance(x, nn.Module) for m in x.modules()}
+    params = [x for x in mapped if isinstance(x, nn.Parameter)]
+    with warnings.catch_warnings(), _unmapped_reshapes():
+        warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
+        dg = tp.DependencyGraph().build_dependency(
+            clone, one, output_transform=_output, ignored_params=params, verbose=False
+        )
+    names = {m: n for n, m in clone.named_modules()}
+    out = []
+    for m in list(dg.module2node):
+        if m in skip or not isinstance(m, (nn.Conv2d, nn.Linear)) or m not in names:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        n = pruner.get_out_channels(m) if pruner is not None else None
+        if not n:
+            continue
+        try:
+            dg.get_pruning_group(m, pruner.prune_out_channels, list(range(n)))
+        except Exception as exc:  # noqa: BLE001 - the group the graph cannot map
+            why = f"the dependency graph cannot map its channels ({type(exc).__name__}: {exc})"
+            out.append({"root": names[m], "layers": [names[m]], "why": why})
     return out
 
 

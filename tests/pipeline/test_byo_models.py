@@ -362,3 +362,23 @@ def test_preprocessing_comes_from_the_model_unless_data_overrides_it():
     p = preset("model.source=torchvision", "model.name=resnet18")
     assert p.mean == (0.485, 0.456, 0.406) and p.input_size == 32  # the data set's size
     assert preset().mean == (0.5, 0.5, 0.5)  # the built-in model: the data set's preset
+
+
+def test_a_graph_the_pruner_cannot_map_is_kept_whole_not_a_failure(one_thread):
+    """ShuffleNet's channel shuffle (split, view by group count, concatenation) is a reshape
+    Torch-Pruning's graph cannot map: the groups tied to it are kept whole and named, the
+    network still runs and its logits keep their shape."""
+    from pipeline.config.slim import SlimConfig
+    from pipeline.models import SelfDistillModel
+    from pipeline.models.external import build_classifier
+    from pipeline.models.self_teacher import SelfTeacher
+    from pipeline.training.channel_pruning import prune_channels
+
+    clf, _ = build_classifier("torchvision", "shufflenet_v2_x0_5", {}, 3, 32)
+    wrapper = SelfDistillModel(clf, SelfTeacher(clf.stage_channels, 3))
+    x = torch.randn(2, 3, 32, 32)
+    record = prune_channels(wrapper, x, SlimConfig(ratio=0.5))
+    assert record["kept_whole"], "nothing was reported kept whole"
+    assert all(k["why"] and k["layers"] for k in record["kept_whole"])
+    assert "conv5.0" in {k["root"].removeprefix("net.") for k in record["kept_whole"]}
+    assert wrapper(x).logits.shape == (2, 3)
