@@ -6,8 +6,13 @@ the FP32 ONNX model, in one process: top-1 on the run's test split, ONNX Runtime
 batch 1 (p50 of single calls) and images/s at batch 32, file size.
 
     python benchmarks/int8_recipes.py runs/c10s-r18w1 --out benchmarks/results/int8-recipes
+    python benchmarks/int8_recipes.py RUN --model SLIM_POINT/work --protocol precise --images 10000
 
 Calibration images come from the run's train split (evaluation transform), never from test.
+`--model` measures the classifier saved in another folder (a slim sweep point's, a train
+stage's) instead of the run's export; `--protocol precise` judges on the images of the
+precise protocol's validation split the run did not train on (`--images` of them, spread
+evenly), as `methods.py` and `slim_sweep.py` do.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.protocols import FULL_ROOT, SPLIT, protocol_overrides  # noqa: E402
 from export.quantize import quantize_int8, resolve_reduce_range  # noqa: E402
 from export.tensorrt import _check_int8_qdq  # noqa: E402
 from pipeline.artifacts import find_stage  # noqa: E402
@@ -70,18 +76,39 @@ def main() -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--seconds", type=float, default=3.0, help="timing per point, at most")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/int8-recipes"))
+    p.add_argument(
+        "--model", type=Path, default=None, help="a folder with a saved model (default: the export)"
+    )
+    p.add_argument("--protocol", choices=sorted(SPLIT), default="test")
+    p.add_argument("--full-root", type=Path, default=FULL_ROOT)
+    p.add_argument("--images", type=int, default=0, help="judged images, spread evenly (0: all)")
     args = p.parse_args()
-    cfg = load_config(args.run / "config.yaml")
-    export = find_stage(args.run, "export")
-    if export is None:
-        raise SystemExit(f"{args.run} has no finished export stage")
-    fp32 = export.path("model.onnx")
+    cfg = load_config(args.run / "config.yaml", protocol_overrides(args.protocol, args.full_root))
     ctx = make_context(cfg)
-    xs = ctx.data.test.stack().numpy().astype(np.float32)
-    ys = np.asarray(ctx.data.test.labels)
+    view = getattr(ctx.data, SPLIT[args.protocol])
+    picks = np.arange(len(view))
+    if 0 < args.images < len(view):
+        picks = np.linspace(0, len(view) - 1, args.images).round().astype(int)
+    xs = np.stack([view[int(i)][0].numpy() for i in picks]).astype(np.float32)
+    ys = np.asarray(view.labels)[picks]
     calib = ctx.data.calibration_batch(cfg.export.calibration_samples)
-    rows = {"fp32": measure(fp32, xs, ys, args.seconds)}
     with tempfile.TemporaryDirectory() as tmp:
+        if args.model is not None:
+            import torch
+
+            from export.onnx import export_onnx
+            from pipeline.training.model import load_deployable
+
+            fp32 = Path(tmp) / "model.onnx"
+            export_onnx(
+                load_deployable(args.model), torch.from_numpy(xs[:2]), fp32, cfg.export.opset
+            )
+        else:
+            export = find_stage(args.run, "export")
+            if export is None:
+                raise SystemExit(f"{args.run} has no finished export stage (or pass --model)")
+            fp32 = export.path("model.onnx")
+        rows = {"fp32": measure(fp32, xs, ys, args.seconds)}
         for name, recipe in RECIPES.items():
             dst = Path(tmp) / f"{name.split(' ')[0].replace('/', '-')}.onnx"
             quantize_int8(fp32, dst, calib, recipe)
@@ -89,7 +116,9 @@ def main() -> None:
             print(name, rows[name], flush=True)
     ref = rows["fp32"]
     lines = [
-        f"Run `{args.run}` ({cfg.model.name} width {cfg.model.width}), {len(ys):,} test images, "
+        f"Run `{args.run}` ({cfg.model.name} width {cfg.model.width})"
+        + (f", the classifier in `{args.model}`" if args.model else "")
+        + f", {len(ys):,} {SPLIT[args.protocol]} images, "
         f"{len(calib)} calibration images from train; ONNX Runtime CPU, same process; "
         f"`reduce_range: auto` here: {resolve_reduce_range('auto')[1]}.",
         "",

@@ -241,3 +241,35 @@ def test_precise_sweep_judges_recipes_on_validation_with_intervals(sweep, tmp_pa
     other = load_config(run / "config.yaml", ["data.val_fraction=0.1"])
     with pytest.raises(SystemExit, match="data.val_fraction 0.1 there, 0.9 here"):
         sweep.check_split(args, other)
+
+    # the frontier over that sweep, its base and a narrower network trained from scratch on
+    # the same protocol: every classifier exported and judged, one latency per architecture
+    narrow = ["--protocol", "precise", "--full-root", str(root), "--methods", "ce", "--seeds", "0"]
+    small = tmp_path / "small"
+    assert (
+        methods.main(
+            [*narrow, "--width", "0.0625", "--epochs", "1", "--batch", "8"]
+            + ["--out", str(small), *fast]
+        )
+        == 0
+    )
+    frontier = load_benchmark("frontier")
+    fargs = ["--base", str(run), "--sweep", str(out), "--scratch", str(small), "--protocol"]
+    fargs += ["precise", "--full-root", str(root), "--judge-images", "0", "--rounds", "2"]
+    fargs += ["--iters", "3", "--threads", "1", "--out", str(tmp_path / "frontier")]
+    assert frontier.main(fargs) == 0
+    front = json.loads((tmp_path / "frontier" / "frontier.json").read_text())
+    assert front["judge_images"] == 54 and len(front["classifiers"]) == 1 + 1 + 6
+    groups = {g["group"]: g for g in front["groups"]}
+    assert {g["kind"] for g in groups.values()} == {"base", "smaller", "slim"}
+    assert groups["slim 0.5 scratch"]["seeds"] == [0, 1]
+    base = groups[next(k for k, g in groups.items() if g["kind"] == "base")]
+    # ONNX FP32 on every judged image agrees with the run's own judged top-1 (argmax ties aside)
+    assert abs(base["onnx_fp32_top1"] - base["judged_top1"]) <= 1 / 54 + 1e-9
+    # seeds of one architecture share one latency; the pruned ones have fewer parameters
+    assert groups["slim 0.5 ama"]["p50_fp32_ms"] == groups["slim 0.5 scratch"]["p50_fp32_ms"] > 0
+    assert groups["slim 0.5 ama"]["params"] < base["params"]
+    for prec in ("fp32", "int8"):
+        rows = front["fronts"][prec]
+        assert rows and all(r["pipeline"] is None or 0 <= r["pipeline"] <= 1 for r in rows)
+    assert (tmp_path / "frontier" / "frontier.png").is_file()
