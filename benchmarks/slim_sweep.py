@@ -681,9 +681,11 @@ def main(argv: list[str] | None = None) -> int:
     recipes = list(
         {r.name: r for r in (parse_recipe(s, run_cfg.train.method) for s in args.recipes)}.values()
     )
+    # the data every point shares: the overrides less those only some recipes take (a plain
+    # recipe's, which refuses slim.teacher_* and slim.scratch_* without its teacher or scratch)
+    common = Recipe("ce").overrides(args.overrides)
     cfg = load_config(
-        args.run / "config.yaml",
-        [*protocol_overrides(args.protocol, args.full_root), *args.overrides],
+        args.run / "config.yaml", [*protocol_overrides(args.protocol, args.full_root), *common]
     )
     load_data = functools.cache(lambda: build_data(cfg.data, cfg.model))
     try:

@@ -171,6 +171,8 @@ def test_precise_sweep_judges_recipes_on_validation_with_intervals(sweep, tmp_pa
         "slim.epochs=1",
         "--set",
         "slim.compare=false",
+        "--set",
+        "slim.scratch_epochs=1",  # reaches the scratch points only
         *fast,
         "--out",
         str(out),

@@ -80,8 +80,8 @@ class TrainConfig(Strict):
         description="torch.compile the training step: the model's forward and backward and the "
         "method's loss (the optimizer runs eagerly); auto = on a GPU for methods without a "
         "self-teacher (on a CPU the compiled ama step measured slower than eager and compiling "
-        "costs more than a short run saves; inductor's self-teacher gradients are not yet shown "
-        "equal to eager's: benchmarks/README.md); under compile the training loader drops a ragged last batch, so "
+        "costs more than a short run saves; a compiled self-teacher step is not yet measured on "
+        "a GPU: benchmarks/README.md); under compile the training loader drops a ragged last batch, so "
         "every step has one shape and nothing recompiles",
     )
     reuse_host_memory: bool = Field(

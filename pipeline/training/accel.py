@@ -166,11 +166,10 @@ COMPILE_BACKEND_ENV = "PIPELINE_COMPILE_BACKEND"
 
 def use_compile(t: TrainConfig, device: torch.device, self_teacher: bool) -> bool:
     """Resolve `train.compile`: auto compiles a GPU step of a method without a self-teacher.
-    With inductor, the compiled self-teacher's gradients measured up to 12% apart from eager's
-    (beyond reordered sums; the same graphs run by eager kernels agree), so auto leaves
-    self-distillation eager until that is explained; on a CPU the compiled step measured no
-    faster and its compile time (1-2 minutes) exceeds a short run's training
-    (benchmarks/README.md)."""
+    Self-distillation stays eager under auto: no measurement shows its compiled step faster
+    (on a GPU it is not yet measured; inductor's gradients are as close to float64 as eager
+    float32's are); on a CPU the compiled step measured no faster and its compile time (1-2
+    minutes) exceeds a short run's training (benchmarks/README.md)."""
     if t.compile != "auto":
         return bool(t.compile)
     return device.type == "cuda" and not self_teacher
