@@ -269,6 +269,7 @@ def figure(lines: list[dict], out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for ax, prec, key in ((axes[0], "FP32", "judged_top1"), (axes[1], "INT8", "onnx_int8_top1")):
@@ -304,6 +305,9 @@ def figure(lines: list[dict], out: Path) -> Path:
                 label=label,
             )
         ax.set(xscale="log", xlabel=f"ONNX Runtime {prec} batch-1 p50, ms (log)", title=prec)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+        ax.tick_params(axis="x", which="minor", labelsize=6, labelrotation=45)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("judged top-1 (%)  [INT8: on the judged subset]")
     fig.tight_layout()
@@ -390,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "groups": lines,
         "fronts": fronts,
         "base_int8_speedup": base["p50_fp32_ms"] / base["p50_int8_ms"],
+        "latency": lat,  # per architecture and precision: the median and every round's p50
     }
     write_json_atomic(args.out / "frontier.json", summary)
     md = [
