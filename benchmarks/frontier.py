@@ -33,7 +33,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.protocols import FULL_ROOT, METRIC, SPLIT, missing_data, protocol_overrides  # noqa: E402
+from benchmarks.protocols import (  # noqa: E402
+    FULL_ROOT,
+    METRIC,
+    SPLIT,
+    SPLIT_KEYS,
+    missing_data,
+    protocol_overrides,
+)
 
 log = logging.getLogger("bench.frontier")
 
@@ -90,6 +97,14 @@ def classifiers(args) -> list[dict]:
             if train is None:
                 raise SystemExit(f"{run} has no finished train stage")
             cfg = load_config(run / "config.yaml")
+            if kind == "base":
+                split = {k: getattr(cfg.data, k) for k in SPLIT_KEYS}
+            differ = [k for k in SPLIT_KEYS if getattr(cfg.data, k) != split[k]]
+            if differ:  # judged on images it may have trained on: refused
+                raise SystemExit(
+                    f"{run} was trained on another split than {args.base} (data."
+                    f"{', data.'.join(differ)} differ): train it with the same protocol"
+                )
             method, width = cfg.train.method, cfg.model.width
             found.append(
                 {

@@ -275,3 +275,14 @@ def test_precise_sweep_judges_recipes_on_validation_with_intervals(sweep, tmp_pa
         rows = front["fronts"][prec]
         assert rows and all(r["pipeline"] is None or 0 <= r["pipeline"] <= 1 for r in rows)
     assert (tmp_path / "frontier" / "frontier.png").is_file()
+    # a smaller network trained on another split may have seen the judged images: refused
+    import shutil
+
+    other = tmp_path / "other-split"
+    shutil.copytree(small / "runs" / "ce-s0", other)
+    text = (other / "config.yaml").read_text()
+    assert "val_fraction: 0.9" in text
+    (other / "config.yaml").write_text(text.replace("val_fraction: 0.9", "val_fraction: 0.5"))
+    fargs[fargs.index(str(small))] = str(other)
+    with pytest.raises(SystemExit, match="another split.*data.val_fraction"):
+        frontier.main(fargs)
