@@ -2,6 +2,7 @@
 paired gains, best point and figure."""
 
 import json
+import shutil
 
 import pytest
 
@@ -276,8 +277,6 @@ def test_precise_sweep_judges_recipes_on_validation_with_intervals(sweep, tmp_pa
         assert rows and all(r["pipeline"] is None or 0 <= r["pipeline"] <= 1 for r in rows)
     assert (tmp_path / "frontier" / "frontier.png").is_file()
     # a smaller network trained on another split may have seen the judged images: refused
-    import shutil
-
     other = tmp_path / "other-split"
     shutil.copytree(small / "runs" / "ce-s0", other)
     text = (other / "config.yaml").read_text()
