@@ -38,6 +38,7 @@ from benchmarks.protocols import (  # noqa: E402
     METRIC,
     SPLIT,
     SPLIT_KEYS,
+    judged_arrays,
     missing_data,
     protocol_overrides,
 )
@@ -136,30 +137,12 @@ def classifiers(args) -> list[dict]:
     return found
 
 
-def judged_subset(data, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """`n` images of the split spread evenly over it (all with n 0), as float32 NCHW arrays."""
-    import torch
-
-    view = getattr(data, split)
-    picks = (
-        np.arange(len(view))
-        if not n or n >= len(view)
-        else np.linspace(0, len(view) - 1, n).round().astype(int)
-    )
-    xs = torch.stack([view[int(i)][0] for i in picks]).numpy().astype(np.float32)
-    ys = np.asarray(view.labels)[picks]
-    return xs, ys
-
-
 def onnx_top1(path: Path, xs: np.ndarray, ys: np.ndarray, threads: int | None) -> float:
+    from pipeline.evaluation.scoring import predictions
     from serving.predictor import OrtPredictor
 
-    run = OrtPredictor(path, threads=threads).run
-    correct = 0
-    for s in range(0, len(xs), 256):
-        logits = run(xs[s : s + 256])
-        correct += int((np.asarray(logits).argmax(1) == ys[s : s + 256]).sum())
-    return correct / len(xs)
+    pred, _ = predictions(OrtPredictor(path, threads=threads).run, xs)
+    return float((pred == ys).mean())
 
 
 def export_both(folder: Path, work: Path, cfg, calibration: np.ndarray) -> tuple[dict, Path, Path]:
@@ -198,16 +181,6 @@ def measure_latency(paths: dict[str, Path], args) -> dict[str, dict]:
 
 
 # the frontier -------------------------------------------------------------------------------
-
-
-def front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """(latency, top-1) points no other beats on both, by increasing latency."""
-    out, best = [], float("-inf")
-    for lat, acc in sorted(points, key=lambda p: (p[0], -p[1])):
-        if acc > best:
-            out.append((lat, acc))
-            best = acc
-    return out
 
 
 def best_within(points: list[tuple[float, float]], lat: float) -> float | None:
@@ -286,6 +259,8 @@ def figure(lines: list[dict], out: Path) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
+    from pipeline.report.figures import pareto
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
     for ax, prec, key in ((axes[0], "FP32", "judged_top1"), (axes[1], "INT8", "onnx_int8_top1")):
         for kind, marker in (("base", "*"), ("smaller", "s"), ("slim", "o")):
@@ -310,10 +285,10 @@ def figure(lines: list[dict], out: Path) -> Path:
                 for x in lines
                 if x["kind"] in (kind, "base") and x[key] is not None
             ]
-            f = front(pts)
+            f = pareto([("", lat, acc) for lat, acc in pts])
             ax.step(
-                [p[0] for p in f],
                 [p[1] for p in f],
+                [p[2] for p in f],
                 style,
                 where="post",
                 color="gray" if kind == "smaller" else "C3",
@@ -356,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     data = build_data(cfg.data, cfg.model)
     args.size = data.preset.input_size
     calibration = data.calibration_batch(cfg.export.calibration_samples)
-    xs, ys = judged_subset(data, SPLIT[args.protocol], args.judge_images)
+    xs, ys = judged_arrays(data, SPLIT[args.protocol], args.judge_images)
     log.info("judging ONNX top-1 on %d images of the %s split", len(xs), SPLIT[args.protocol])
 
     rows, arch_files = [], {}

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.protocols import FULL_ROOT, SPLIT, protocol_overrides  # noqa: E402
+from benchmarks.protocols import FULL_ROOT, SPLIT, judged_arrays, protocol_overrides  # noqa: E402
 from export.quantize import quantize_int8, resolve_reduce_range  # noqa: E402
 from export.tensorrt import _check_int8_qdq  # noqa: E402
 from pipeline.artifacts import find_stage  # noqa: E402
@@ -85,12 +85,7 @@ def main() -> None:
     args = p.parse_args()
     cfg = load_config(args.run / "config.yaml", protocol_overrides(args.protocol, args.full_root))
     ctx = make_context(cfg)
-    view = getattr(ctx.data, SPLIT[args.protocol])
-    picks = np.arange(len(view))
-    if 0 < args.images < len(view):
-        picks = np.linspace(0, len(view) - 1, args.images).round().astype(int)
-    xs = np.stack([view[int(i)][0].numpy() for i in picks]).astype(np.float32)
-    ys = np.asarray(view.labels)[picks]
+    xs, ys = judged_arrays(ctx.data, SPLIT[args.protocol], args.images)
     calib = ctx.data.calibration_batch(cfg.export.calibration_samples)
     with tempfile.TemporaryDirectory() as tmp:
         if args.model is not None:

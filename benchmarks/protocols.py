@@ -81,6 +81,19 @@ def judged_phrase(protocol: str, n_train: int, n_val: int, n_test: int, root_nam
 # statistics ----------------------------------------------------------------------------------
 
 
+def judged_arrays(data, split: str, n: int = 0):
+    """`n` images of `data`'s split spread evenly over it (all of them with n 0), preprocessed,
+    as float32 NCHW images and integer labels: the images a benchmark judges ONNX models on."""
+    import numpy as np
+
+    view = getattr(data, split)
+    picks = np.arange(len(view))
+    if 0 < n < len(view):
+        picks = np.linspace(0, len(view) - 1, n).round().astype(int)
+    xs = np.stack([view[int(i)][0].numpy() for i in picks]).astype(np.float32)
+    return xs, np.asarray(view.labels)[picks]
+
+
 def t_interval(diffs: Sequence[float], confidence: float = 0.95) -> dict:
     """Mean of paired differences and its Student-t interval over them (n - 1 degrees of
     freedom); with one difference there is no interval."""

@@ -128,6 +128,22 @@ def test_paired_gain_t_interval_matches_the_table_values(methods):
     assert "| ama | **+3.00 [+1.70, +4.30]** | +2.00 [-0.48, +4.48] |" in md
 
 
+def test_judged_arrays_spread_n_images_evenly_over_the_split():
+    import torch
+
+    from benchmarks.protocols import judged_arrays
+
+    class View(list):
+        labels = list(range(10))
+
+    data = type("Data", (), {"val": View((torch.full((1, 2, 2), float(i)), i) for i in range(10))})
+    xs, ys = judged_arrays(data, "val", 4)
+    assert xs.dtype == "float32" and xs.shape == (4, 1, 2, 2)
+    assert ys.tolist() == [0, 3, 6, 9] and xs[:, 0, 0, 0].tolist() == [0, 3, 6, 9]
+    for n in (0, 10, 50):  # all of them, in order
+        assert judged_arrays(data, "val", n)[1].tolist() == list(range(10))
+
+
 def test_precise_protocol_trains_on_500_per_class_and_judges_validation(methods, tmp_path):
     args = methods.parse_args(["--protocol", "precise", "--full-root", str(tmp_path)])
     o = methods.base_overrides(args)
