@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -11,6 +12,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_SMALL = REPO.parent / "shared" / "datasets" / "cifar10-small"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (`-n auto`): each worker, and every process it starts (the launched
+    # training ranks, the pipeline subprocesses), computes on one thread. Two workers each
+    # spreading over every core would oversubscribe it, and OpenMP's spinning makes that many
+    # times slower, not twice.
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,8 +36,6 @@ def pytest_collection_modifyitems(config, items):
 def _file_hash_cache(tmp_path_factory):
     """Data files' content hashes are cached in the session's own folder, not the user's
     (child processes inherit it)."""
-    import os
-
     before = os.environ.get("PIPELINE_CACHE_DIR")
     os.environ["PIPELINE_CACHE_DIR"] = str(tmp_path_factory.mktemp("file-hash-cache"))
     yield
