@@ -17,7 +17,8 @@ class SlimConfig(Strict):
     Recovery recipes: `method` picks what recovery trains with (its own loss and, for
     `frskd`/`ama`, its self-teacher); `teacher: unpruned` adds the frozen unpruned classifier
     as a teacher beside it (a KL term on temperature-softened logits, `teacher_kd`), so `ce`
-    with it is plain knowledge distillation and `ama` with it learns from both teachers;
+    with it is plain knowledge distillation and `ama` with it learns from both teachers (the
+    default `auto` does so wherever recovery trains: it helped every method measured);
     `init: scratch` keeps only the pruned architecture (its widths, as the trained weights
     chose them) and trains it from freshly initialised weights, the control for whether the
     pruned weights matter."""
@@ -67,11 +68,13 @@ class SlimConfig(Strict):
         "them for train.method); None = train.distill where the recovery method is "
         "train.method, else that method's defaults",
     )
-    teacher: Literal["none", "unpruned"] = Field(
-        "none",
+    teacher: Literal["auto", "none", "unpruned"] = Field(
+        "auto",
         description="recovery: 'unpruned' also distils from the frozen unpruned classifier "
         "(teacher_weight * T^2 * KL(softmax(z_teacher/T) || softmax(z_student/T))), beside "
-        "what slim.method trains",
+        "what slim.method trains; 'auto' = 'unpruned' whenever there is a recovery to teach "
+        "(slim on, recovery epochs > 0), else 'none' (benchmarks/README.md: it helped every "
+        "recovery method measured)",
     )
     teacher_temperature: float = Field(
         4.0, gt=0.0, description="with teacher 'unpruned': the softening temperature T"
@@ -134,18 +137,24 @@ class SlimConfig(Strict):
         """The recovery recipe's keys where they mean something."""
         # by value, not by presence: a resolved config (`config.yaml`, a launch's) holds every key
         fields = type(self).model_fields
-        if not self.enabled and (self.teacher != "none" or self.init != "pruned"):
-            what = "teacher: unpruned" if self.teacher != "none" else "init: scratch"
+        if not self.enabled and (self.teacher == "unpruned" or self.init != "pruned"):
+            what = "teacher: unpruned" if self.teacher == "unpruned" else "init: scratch"
             raise ValueError(
                 f"slim.{what} needs slimming on, but slim is off (slim.ratio 0 and no "
                 "budget): set slim.ratio (or slim.macs / slim.latency_ms), or remove "
                 f"slim.{what.split(':')[0]}"
             )
         for k in ("teacher_temperature", "teacher_weight"):
-            if self.teacher == "none" and getattr(self, k) != fields[k].default:
+            if self.distils_from == "none" and getattr(self, k) != fields[k].default:
+                why = (
+                    "slim.teacher is 'none'"
+                    if self.teacher == "none"
+                    else "there is no recovery for slim.teacher 'auto' to teach (slim off "
+                    "or 0 recovery epochs)"
+                )
                 raise ValueError(
-                    f"slim.{k} is {getattr(self, k)} but slim.teacher is 'none', so nothing "
-                    "reads it: set slim.teacher: unpruned, or remove it"
+                    f"slim.{k} is {getattr(self, k)} but {why}, so nothing reads it: set "
+                    "slim.teacher: unpruned with a recovery, or remove it"
                 )
         for k in ("scratch_epochs", "scratch_lr"):
             if self.init != "scratch" and getattr(self, k) is not None:
@@ -160,12 +169,20 @@ class SlimConfig(Strict):
                     "slim.init: scratch with 0 epochs would ship an untrained network: set "
                     "slim.scratch_epochs (or slim.epochs) to 1 or more"
                 )
-            if self.teacher != "none":
+            if self.teacher == "unpruned":
                 raise ValueError(
                     "slim.teacher: unpruned with slim.epochs 0: there is no recovery to "
                     "distil into; set slim.epochs to 1 or more, or slim.teacher: none"
                 )
         return self
+
+    @property
+    def distils_from(self) -> Literal["none", "unpruned"]:
+        """`teacher` with `auto` resolved: the unpruned classifier teaches whenever recovery
+        trains."""
+        if self.teacher != "auto":
+            return self.teacher
+        return "unpruned" if self.enabled and self.recovery_epochs > 0 else "none"
 
     @property
     def recovery_epochs(self) -> int:

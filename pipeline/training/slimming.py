@@ -163,9 +163,10 @@ def recovery_config(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def teacher_source(cfg: PipelineConfig, train_dir: Path) -> TeacherSource | None:
-    """The unpruned teacher of `slim.teacher: unpruned`: the train stage's classifier."""
+    """The unpruned teacher of `slim.teacher` (`unpruned`, or `auto` with a recovery): the
+    train stage's classifier."""
     s = cfg.slim
-    if s.teacher == "none":
+    if s.distils_from == "none":
         return None
     return TeacherSource(train_dir, s.teacher_temperature, s.teacher_weight)
 
@@ -176,10 +177,10 @@ def recipe(cfg: PipelineConfig) -> dict[str, Any]:
     return {
         "init": s.init,
         "method": t.method,
-        "teacher": s.teacher,
+        "teacher": s.distils_from,
         **(
             {"teacher_temperature": s.teacher_temperature, "teacher_weight": s.teacher_weight}
-            if s.teacher != "none"
+            if s.distils_from != "none"
             else {}
         ),
         "epochs": t.epochs,

@@ -173,7 +173,7 @@ def served_equals_validated(cfg, m) -> None:
     pred = OrtPredictor(m["export"].folder / "model.onnx")
     bundle = build_data(cfg.data, cfg.model)
     files = sorted((cfg.data.root / "test").rglob("*.png"))[:6]
-    raw = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    raw = [np.array(Image.open(f).convert("RGB")) for f in files]  # writable
     ref = bundle.test.transform
     expected = torch.stack([ref(torch.from_numpy(a).permute(2, 0, 1)) for a in raw]).numpy()
     batch = pred.preprocess(raw)

@@ -199,8 +199,19 @@ def test_a_failing_layer_is_named_with_the_option_that_leaves_it_out():
         (["slim.teacher=yes"], "slim.teacher"),
         (["slim.teacher=unpruned"], r"slim\.teacher: unpruned needs slimming on.*slim\.ratio"),
         (["slim.init=scratch"], r"slim\.init: scratch needs slimming on.*slim\.ratio"),
-        (["slim.ratio=0.5", "slim.teacher_weight=2"], r"teacher_weight.*slim\.teacher: unpruned"),
-        (["slim.ratio=0.5", "slim.teacher_temperature=2"], r"teacher_temperature.*'none'"),
+        (
+            ["slim.ratio=0.5", "slim.teacher=none", "slim.teacher_weight=2"],
+            r"teacher_weight.*slim\.teacher: unpruned",
+        ),
+        (
+            ["slim.ratio=0.5", "slim.teacher=none", "slim.teacher_temperature=2"],
+            r"teacher_temperature.*'none'",
+        ),
+        (["slim.teacher_weight=2"], r"teacher_weight.*no recovery for slim\.teacher 'auto'"),
+        (
+            ["slim.ratio=0.5", "slim.epochs=0", "slim.teacher_temperature=2"],
+            r"teacher_temperature.*0 recovery epochs",
+        ),
         (["slim.ratio=0.5", "slim.scratch_epochs=3"], r"scratch_epochs.*slim\.init: scratch"),
         (["slim.ratio=0.5", "slim.scratch_lr=0.1"], r"scratch_lr.*slim\.init: scratch"),
         (["slim.ratio=0.5", "slim.init=scratch", "slim.epochs=0"], "untrained network"),
@@ -234,7 +245,30 @@ def test_recovery_recipes_that_fit_are_accepted_and_survive_a_resolved_config(tm
         path.write_text(dump_config(cfg))
         assert load_config(path) == cfg
     cfg = load_config(None, ["slim.ratio=0.5", "slim.epochs=0"])
-    assert cfg.slim.teacher == "none" and cfg.slim.init == "pruned" and not cfg.slim.recovery_epochs
+    assert cfg.slim.distils_from == "none" and cfg.slim.init == "pruned"
+    assert not cfg.slim.recovery_epochs
+
+
+@pytest.mark.parametrize(
+    "sets, teacher",
+    [
+        ([], "none"),  # slim off: nothing to teach
+        (["slim.ratio=0.5"], "unpruned"),  # the default recovery distils from the unpruned
+        (["slim.macs=1e6", "slim.init=scratch"], "unpruned"),
+        (["slim.ratio=0.5", "slim.epochs=0"], "none"),  # no recovery
+        (["slim.ratio=0.5", "slim.teacher=none"], "none"),
+        (["slim.ratio=0.5", "slim.teacher=unpruned"], "unpruned"),
+    ],
+)
+def test_auto_teacher_is_the_unpruned_classifier_wherever_recovery_trains(sets, teacher):
+    from pipeline.training.slimming import recipe
+
+    cfg = load_config(None, sets)
+    if not any(s.startswith("slim.teacher=") for s in sets):
+        assert cfg.slim.teacher == "auto"
+    assert cfg.slim.distils_from == teacher
+    if cfg.slim.enabled and cfg.slim.recovery_epochs:
+        assert recipe(cfg)["teacher"] == teacher
 
 
 def test_recovery_fine_tunes_with_the_slim_schedule_and_no_kl_warm_up():
@@ -359,7 +393,9 @@ def test_slim_run_prunes_recovers_and_reports(tiny_overrides, one_thread):
     assert sl["recipe"] == {
         "init": "pruned",
         "method": "ama",
-        "teacher": "none",
+        "teacher": "unpruned",  # slim.teacher auto: the unpruned classifier teaches too
+        "teacher_temperature": cfg.slim.teacher_temperature,
+        "teacher_weight": cfg.slim.teacher_weight,
         "epochs": 1,
         "lr": cfg.slim.lr,
         "schedule": cfg.slim.schedule,
