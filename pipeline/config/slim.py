@@ -77,10 +77,14 @@ class SlimConfig(Strict):
         "recovery method measured)",
     )
     teacher_temperature: float = Field(
-        4.0, gt=0.0, description="with teacher 'unpruned': the softening temperature T"
+        4.0,
+        gt=0.0,
+        description="where the unpruned classifier teaches: the softening temperature T",
     )
     teacher_weight: float = Field(
-        1.0, gt=0.0, description="with teacher 'unpruned': the weight of its KL term (times T^2)"
+        1.0,
+        gt=0.0,
+        description="where the unpruned classifier teaches: its KL term's weight (times T^2)",
     )
     init: Literal["pruned", "scratch"] = Field(
         "pruned",
