@@ -71,7 +71,7 @@ class Run:
         self.model.to(device)
         self.forward = self.model
         self.device = device
-        self.amp = args.bf16 and device.type == "cuda"
+        self.amp = args.bf16
         if mode == "compiled":
             self.forward = torch.compile(self.model, backend=args.backend, dynamic=False)
             self.method.compile(backend=args.backend)
@@ -159,6 +159,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="bf16 autocast (as train.mixed_precision=bf16); on a CPU it pays where the cores "
+        "have bf16 matrix units (AMX, AVX512-BF16)",
+    )
+    p.add_argument(
         "--system-malloc", action="store_true", help="return freed memory to the kernel (glibc)"
     )
     args = p.parse_args()
@@ -167,7 +173,6 @@ def main() -> None:
         args.widths = [args.width]
     if args.compile:
         args.modes = list(MODES)
-    args.bf16 = False
     if args.threads:
         torch.set_num_threads(args.threads)
     with reuse_freed_memory(not args.system_malloc) as reused:
@@ -178,7 +183,7 @@ def main() -> None:
             results.append(res)
             print(
                 f"model={args.model} width={width} batch={args.batch} steps={args.steps} "
-                f"channels_last={args.channels_last} threads={torch.get_num_threads()} "
+                f"channels_last={args.channels_last} bf16={args.bf16} threads={torch.get_num_threads()} "
                 f"reuse_host_memory={reused} "
                 f"load_avg_1min={os.getloadavg()[0]:.1f}"  # other work on the host skews all
             )
@@ -186,7 +191,16 @@ def main() -> None:
     if args.json:
         meta = {
             k: getattr(args, k)
-            for k in ("model", "batch", "steps", "channels_last", "methods", "modes", "backend")
+            for k in (
+                "model",
+                "batch",
+                "steps",
+                "channels_last",
+                "bf16",
+                "methods",
+                "modes",
+                "backend",
+            )
         }
         meta["threads"] = torch.get_num_threads()
         args.json.write_text(json.dumps({**meta, "widths": results}, indent=2))
