@@ -43,6 +43,20 @@ def importance(kind: str):
     }[kind]()
 
 
+class _Pruner(tp.pruner.MetaPruner):
+    """Torch-Pruning's pruner, its `round_to` never rounding a layer down to nothing.
+
+    Torch-Pruning rounds a layer's remaining width down to a multiple of `round_to`; where
+    that leaves 0 (16 channels at ratio 0.7 keep 4, rounded to 0 with `round_to` 8) the removal
+    is refused and the layer silently stays whole, so a higher ratio could keep more MACs than
+    a lower one. Here such a layer keeps `round_to` channels (or all it has, if fewer)."""
+
+    def _round_to(self, n_pruned: int, current_channels: int, round_to: int) -> int:
+        kept = current_channels - n_pruned
+        kept = max(kept - kept % round_to, min(round_to, current_channels))
+        return max(current_channels - kept, 0)
+
+
 def _ignored(wrapper: nn.Module, exclude: Iterable[str]) -> list:
     """What keeps its output width: the classifier's head, the self-teacher, `slim.exclude`."""
     backbone = wrapper.backbone
@@ -206,7 +220,7 @@ def prune_channels(
         _unmapped_reshapes(),
     ):
         warnings.filterwarnings("ignore", message=".*[Uu]nwrapped parameters.*")
-        pruner = tp.pruner.MetaPruner(
+        pruner = _Pruner(
             wrapper,
             one,
             importance=importance(slim.importance),

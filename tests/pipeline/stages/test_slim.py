@@ -63,6 +63,23 @@ def test_pruned_network_runs_is_smaller_and_rebuilds_from_its_spec(arch, tmp_pat
         assert torch.equal(again.deployable()(x), wrapper.deployable()(x))
 
 
+def test_round_to_never_leaves_a_layer_whole_at_a_high_ratio(one_thread):
+    """Rounding 16 channels at ratio 0.7 (4 kept) down to a multiple of 8 gives 0, which
+    Torch-Pruning refuses, leaving the layer whole: the 16-channel stage keeps 8 instead, and
+    a higher ratio never keeps more MACs than a lower one."""
+    x = torch.randn(2, 3, 32, 32)
+    widths, macs = {}, {}
+    for ratio in (0.5, 0.7, 0.85):
+        wrapper, _ = _wrapper("resnet18", width=0.25)  # stages of 16, 32, 64, 128 channels
+        record = prune_channels(wrapper, x, SlimConfig(ratio=ratio, round_to=8))
+        widths[ratio], macs[ratio] = _stage_widths(wrapper, x), record["after"]["macs"]
+        for name, m in wrapper.backbone.named_modules():
+            if isinstance(m, nn.Conv2d) and m.out_channels != 10:
+                assert m.out_channels % 8 == 0 and m.out_channels >= 8, (name, m.out_channels)
+    assert widths == {0.5: [8, 16, 32, 64], 0.7: [8, 8, 16, 32], 0.85: [8, 8, 8, 16]}
+    assert macs[0.5] > macs[0.7] > macs[0.85]
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "wrn16_2"])
 def test_byot_heads_do_not_hold_the_classifier_back(arch, one_thread):
     """BYOT's shallow heads end at the classifier's last-stage width (the hint compares them
