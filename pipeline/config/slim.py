@@ -39,7 +39,10 @@ class SlimConfig(Strict):
         "layer", description="the same ratio in every layer, or one ranking over all layers"
     )
     round_to: int | None = Field(
-        8, ge=1, description="every remaining width a multiple of this (vector units, tensor cores)"
+        8,
+        ge=1,
+        description="every remaining width a multiple of this (vector units, tensor cores), and "
+        "at least this many channels (or all of a narrower layer)",
     )
     max_ratio: float = Field(
         0.9, gt=0.0, lt=1.0, description="with a budget: the most channels pruning may remove"
