@@ -1,6 +1,6 @@
 """Time the self-teacher's building blocks, eager against compiled, forward and backward.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/teacher_blocks.py --threads 1 \\
+    OMP_NUM_THREADS=1 python benchmarks/teacher_blocks.py --threads 1 \\
         --width 0.25 --batch 128 --json blocks.json
 
 For the CIFAR ResNet-18 at `--width`, the self-teacher's levels (2 x the stage's channels, at
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,10 +25,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline.distill import create_method
-from pipeline.models import SelfDistillModel, create_model
-from pipeline.models.self_teacher import DSConv
-from pipeline.training.host_memory import reuse_freed_memory
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.step_time import build  # noqa: E402
+from pipeline.models.self_teacher import DSConv  # noqa: E402
+from pipeline.training.host_memory import reuse_freed_memory  # noqa: E402
 
 
 def bn_relu(x, weight, bias, mean, var):
@@ -37,11 +40,7 @@ def bn_relu(x, weight, bias, mean, var):
 def cases(args) -> dict[str, dict[str, Callable[[], None]]]:
     """name -> {mode: one forward + backward}."""
     cl = torch.channels_last
-    method = create_method("ama", num_classes=10, epochs=200)
-    backbone = create_model(
-        "resnet18", num_classes=10, stem="cifar", width=args.width, feature_taps=True
-    )
-    net = SelfDistillModel(backbone, method.build_aux(backbone)).to(memory_format=cl)
+    _, net, _ = build("ama", model="resnet18", width=args.width, classes=10, channels_last=True)
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=cl)
     with torch.no_grad():
         feats = [f.detach() for f in net(x).features]
