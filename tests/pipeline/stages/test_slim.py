@@ -74,7 +74,7 @@ def test_round_to_never_leaves_a_layer_whole_at_a_high_ratio(one_thread):
         record = prune_channels(wrapper, x, SlimConfig(ratio=ratio, round_to=8))
         widths[ratio], macs[ratio] = _stage_widths(wrapper, x), record["after"]["macs"]
         for name, m in wrapper.backbone.named_modules():
-            if isinstance(m, nn.Conv2d) and m.out_channels != 10:
+            if isinstance(m, nn.Conv2d):
                 assert m.out_channels % 8 == 0 and m.out_channels >= 8, (name, m.out_channels)
     assert widths == {0.5: [8, 16, 32, 64], 0.7: [8, 8, 16, 32], 0.85: [8, 8, 8, 16]}
     assert macs[0.5] > macs[0.7] > macs[0.85]
