@@ -1,0 +1,39 @@
+"""The training-step benchmarks: bf16 on a CPU, and the self-teacher's blocks."""
+
+import argparse
+
+import torch
+from torch import nn
+
+from tests.conftest import load_benchmark
+
+
+def test_step_time_bf16_autocasts_on_a_cpu(one_thread):
+    step_time = load_benchmark("step_time")
+    args = argparse.Namespace(
+        model="resnet18", width=0.125, classes=10, channels_last=False, bf16=True
+    )
+    run = step_time.Run("ce", "eager", args, torch.device("cpu"))
+    dtypes = []
+    conv = next(m for m in run.model.modules() if isinstance(m, nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: dtypes.append(o.dtype))
+    run.step(torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,)))
+    assert dtypes == [torch.bfloat16]
+
+
+def test_teacher_blocks_time_every_level_and_the_whole_self_teacher(one_thread):
+    blocks = load_benchmark("teacher_blocks")
+    args = argparse.Namespace(width=0.125, batch=2, backend="eager")
+    cases = blocks.cases(args)
+    # CIFAR ResNet-18 at width 0.125: stages of 8-64 channels, self-teacher levels twice as wide
+    levels = [(16, 32), (32, 16), (64, 8), (128, 4)]
+    expected = [
+        name
+        for d, h in levels
+        for name in (f"BN + ReLU, {d} ch at {h}x{h}", f"DSConv, {d} ch at {h}x{h}")
+    ]
+    assert list(cases) == [*expected, "self-teacher (all levels)"]
+    for modes in cases.values():
+        assert set(modes) == {"eager", "compiled"}
+        for fn in modes.values():
+            fn()  # forward and backward, no error
