@@ -1,6 +1,7 @@
 """One command for a machine with a CUDA GPU: the `gpu`-marked tests, a short training-step
 benchmark (ce, ls, frskd, ama; bf16; channels_last; images/s and the ratio to ce), the same
-step eager against compiled (`train.compile`; ce, frskd, ama; step_time.py's figures), the train
+step eager, compiled and compiled as CUDA graphs (`train.compile`, `train.compile_mode:
+reduce-overhead`; ce, frskd, ama; step_time.py's figures), the train
 stage with batches from the DataLoader against batches made on the GPU, torch CUDA inference
 latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers and
 TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
@@ -89,9 +90,10 @@ def train_steps(width: float, batch: int, steps: int) -> dict:
 
 
 def eager_vs_compiled(width: float, batch: int, steps: int) -> dict:
-    """benchmarks/step_time.py's comparison on the GPU: ce, frskd and ama, eager and with the
-    whole step compiled (`train.compile`), bf16, channels_last; medians, ratios to ce, compile
-    time and graph breaks."""
+    """benchmarks/step_time.py's comparison on the GPU: ce, frskd and ama, eager, with the
+    whole step compiled (`train.compile`) and compiled as CUDA graphs (`train.compile_mode:
+    reduce-overhead`), bf16, channels_last; medians, ratios to ce, compile time and graph
+    breaks."""
     import torch
 
     sys.path.insert(0, str(REPO / "benchmarks"))

@@ -9,13 +9,17 @@ Random 32x32 inputs. For each width every (method, mode) pair is built once and 
 timed interleaved step by step, so drift on a shared machine hits them alike. "compiled" is the
 whole step as `train.compile` runs it: `torch.compile(model, dynamic=False)` (forward and
 backward, through AOT autograd) and the method's loss (`Method.compile`), the optimizer eager.
-Its first step (graph capture and code generation) is reported once as `compile_s`, with the
-graph-break count from dynamo's counters, and is not timed. Prints the median and the fastest
-step of each pair and the ratios to the first method in the same mode; on a busy host the
-fastest step is the steadier figure. `--json OUT` writes, per width and method, `eager_ms` and
-`compiled_ms` (medians), `ratio_eager` and `ratio_compiled` (to the first method), compile
-time and graph breaks. Host memory is handled as the training stage handles it
-(`train.reuse_host_memory`); `--system-malloc` times glibc's default behaviour instead.
+"cudagraphs" (CUDA only) is the same with `train.compile_mode: reduce-overhead`: the compiled
+forward and backward replayed as CUDA graphs, each step marked as a new iteration. A compiled
+mode's first step (graph capture and code generation) is reported once as `compile_s`
+(`compile_s_cudagraphs`), with the graph-break count from dynamo's counters, and is not timed;
+nor is the second "cudagraphs" step, which records the graphs. Prints the median and the
+fastest step of each pair and the ratios to the first method in the same mode; on a busy host
+the fastest step is the steadier figure. `--json OUT` writes, per width and method, `eager_ms`
+and `compiled_ms` (and `cudagraphs_ms`; medians), `ratio_eager` and `ratio_compiled` (to the
+first method), compile time, graph breaks and each compiled mode's speed-up over eager. Host
+memory is handled as the training stage handles it (`train.reuse_host_memory`);
+`--system-malloc` times glibc's default behaviour instead.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from pipeline.distill import create_method
 from pipeline.models import SelfDistillModel, count_parameters, create_model
 from pipeline.training.host_memory import reuse_freed_memory
 
-MODES = ("eager", "compiled")
+MODES = ("eager", "compiled", "cudagraphs")
+# torch.compile's mode per timed mode (`train.compile_mode`); "cudagraphs" needs a CUDA device
+COMPILE_MODES = {"compiled": None, "cudagraphs": "reduce-overhead"}
 
 
 def build(method_name: str, *, model: str, width: float, classes: int, channels_last: bool):
@@ -72,9 +78,11 @@ class Run:
         self.forward = self.model
         self.device = device
         self.amp = args.bf16
-        if mode == "compiled":
-            self.forward = torch.compile(self.model, backend=args.backend, dynamic=False)
-            self.method.compile(backend=args.backend)
+        self.cuda_graphs = mode == "cudagraphs"
+        if mode in COMPILE_MODES:
+            kwargs = {"backend": args.backend, "mode": COMPILE_MODES[mode]}
+            self.forward = torch.compile(self.model, dynamic=False, **kwargs)
+            self.method.compile(**kwargs)
         self.times: list[float] = []
         self.compile_s: float | None = None
         self.graph_breaks: int | None = None
@@ -82,6 +90,8 @@ class Run:
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         _sync(self.device)
         t0 = time.perf_counter()
+        if self.cuda_graphs:  # as the train stage does: a new iteration of the CUDA graphs
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             # epoch 200 is past any warm-up: the full loss, L_mix included, is timed
             loss = self.method.loss(self.forward(x), y, 200).total
@@ -101,6 +111,11 @@ def _graph_breaks() -> int:
 def compare(args: argparse.Namespace, device: torch.device | None = None) -> dict:
     """Every (method, mode) at `args.width`, interleaved step by step; the figures as a dict."""
     device = device or torch.device("cpu")
+    if "cudagraphs" in args.modes and device.type != "cuda":
+        raise SystemExit(
+            "mode 'cudagraphs' (torch.compile mode reduce-overhead) replays CUDA graphs and needs "
+            "a CUDA device: on a CPU time --modes eager compiled"
+        )
     torch.manual_seed(0)
     runs: dict[tuple[str, str], Run] = {}
     for name in args.methods:
@@ -114,6 +129,8 @@ def compare(args: argparse.Namespace, device: torch.device | None = None) -> dic
         before = _graph_breaks()
         run.compile_s = run.step(x, y)
         run.graph_breaks = _graph_breaks() - before
+        if run.cuda_graphs:
+            run.step(x, y)  # the CUDA graphs are recorded on the second call, replayed after
     for _ in range(args.steps):
         for run in runs.values():
             run.times.append(run.step(x, y))
@@ -132,11 +149,14 @@ def compare(args: argparse.Namespace, device: torch.device | None = None) -> dic
             row[f"{mode}_fastest_ms"] = 1000 * fastest
             row[f"ratio_{mode}"] = med / base_med
             row[f"ratio_{mode}_fastest"] = fastest / base_fastest
-            if mode == "compiled":
-                row["compile_s"] = run.compile_s
-                row["graph_breaks"] = run.graph_breaks
-        if len(args.modes) == 2:
-            row["compiled_speedup"] = row["eager_ms"] / row["compiled_ms"]
+            if mode in COMPILE_MODES:
+                # one compile time per mode when both compiled modes run
+                suffix = "" if mode == "compiled" else f"_{mode}"
+                row["compile_s" + suffix] = run.compile_s
+                row["graph_breaks" + suffix] = run.graph_breaks
+                if "eager" in args.modes:
+                    speedup = "compiled_speedup" if mode == "compiled" else f"{mode}_speedup"
+                    row[speedup] = row["eager_ms"] / row[f"{mode}_ms"]
         out["methods"][name] = row
     return out
 
@@ -172,7 +192,7 @@ def main() -> None:
     if args.width is not None:
         args.widths = [args.width]
     if args.compile:
-        args.modes = list(MODES)
+        args.modes = ["eager", "compiled"]
     if args.threads:
         torch.set_num_threads(args.threads)
     with reuse_freed_memory(not args.system_malloc) as reused:
@@ -216,8 +236,10 @@ def _print(res: dict, args: argparse.Namespace) -> None:
                 f"fastest {row[f'ratio_{mode}_fastest']:4.2f}x)"
             )
         extra = ""
-        if "compile_s" in row:
-            extra = f"  compile {row['compile_s']:.1f} s, graph breaks {row['graph_breaks']}"
+        for key in ("compile_s", "compile_s_cudagraphs"):
+            if key in row:
+                breaks = row[key.replace("compile_s", "graph_breaks")]
+                extra += f"  {key} {row[key]:.1f} s, graph breaks {breaks}"
         print(f"{name:>6}: " + "  ".join(cells) + extra)
 
 

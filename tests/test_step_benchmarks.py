@@ -2,6 +2,7 @@
 
 import argparse
 
+import pytest
 import torch
 from torch import nn
 
@@ -37,3 +38,21 @@ def test_teacher_blocks_time_every_level_and_the_whole_self_teacher(one_thread):
         assert set(modes) == {"eager", "compiled"}
         for fn in modes.values():
             fn()  # forward and backward, no error
+
+
+def test_step_time_refuses_cuda_graphs_on_a_cpu():
+    step_time = load_benchmark("step_time")
+    args = argparse.Namespace(
+        model="resnet18",
+        width=0.125,
+        batch=2,
+        steps=1,
+        classes=10,
+        channels_last=False,
+        methods=["ce"],
+        modes=["eager", "cudagraphs"],
+        backend="inductor",
+        bf16=False,
+    )
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        step_time.compare(args, torch.device("cpu"))

@@ -18,6 +18,10 @@ from pipeline.config.base import Strict, registered
 from pipeline.config.method_options import method_options
 from pipeline.distill import METHODS, MethodOptions
 
+# torch.compile modes that replay the compiled graphs as CUDA graphs on a CUDA device, each with
+# the mode that compiles the same way without them (on a CPU, or with another back end)
+CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+
 
 class TrainConfig(Strict):
     method: str = Field("ce", description="training method (registry: pipeline.distill)")
@@ -83,6 +87,17 @@ class TrainConfig(Strict):
         "costs more than a short run saves; a compiled self-teacher step is not yet measured on "
         "a GPU: benchmarks/README.md); under compile the training loader drops a ragged last batch, so "
         "every step has one shape and nothing recompiles",
+    )
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = Field(
+        "default",
+        description="torch.compile's mode for a compiled step: reduce-overhead replays the "
+        "step's forward and backward as CUDA graphs (one launch per graph instead of one per "
+        "kernel: the lever for a self-teacher's many small kernels on a GPU; more GPU memory), "
+        "max-autotune adds kernel autotuning (minutes of compile) to CUDA graphs, "
+        "max-autotune-no-cudagraphs autotunes without them. On a CPU, CUDA graphs do not "
+        "exist and the step compiles without them. CUDA graphs need grad_accum_steps = 1",
     )
     reuse_host_memory: bool = Field(
         True,
@@ -165,6 +180,25 @@ class TrainConfig(Strict):
                 f"batch_size ({self.batch_size}) is the global batch and must divide evenly by "
                 f"{nodes}processes x grad_accum_steps ({n}{self.processes} x "
                 f"{self.grad_accum_steps}); use a multiple of {parts}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _compile_mode_applies(self) -> TrainConfig:
+        if self.compile_mode == "default":
+            return self
+        if self.compile is False:
+            raise ValueError(
+                f"compile_mode={self.compile_mode!r} has no effect with compile=false: set "
+                "train.compile to true (or auto) to compile the step, or drop compile_mode"
+            )
+        if self.compile_mode in CUDA_GRAPH_MODES and self.grad_accum_steps > 1:
+            raise ValueError(
+                f"compile_mode={self.compile_mode!r} replays the step as CUDA graphs, whose "
+                "backward writes each gradient into memory the next replay reuses, so gradients "
+                f"accumulated over grad_accum_steps={self.grad_accum_steps} micro-batches would be "
+                "overwritten: use grad_accum_steps=1 (a larger batch_size), or "
+                "compile_mode='default' / 'max-autotune-no-cudagraphs'"
             )
         return self
 

@@ -15,6 +15,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.config import TrainConfig
+from pipeline.config.train import CUDA_GRAPH_MODES
 from pipeline.data import SampleExtras, make_loader
 from pipeline.data.device import DeviceBatches, unsupported_reason
 from pipeline.errors import ConfigError, StageError
@@ -177,6 +178,16 @@ def use_compile(t: TrainConfig, device: torch.device, self_teacher: bool) -> boo
 
 def compile_backend() -> str:
     return os.environ.get(COMPILE_BACKEND_ENV, "inductor")
+
+
+def compile_mode(t: TrainConfig, device: torch.device, backend: str) -> tuple[str, bool]:
+    """`train.compile_mode` for this device: (torch.compile's mode, whether the step replays as
+    CUDA graphs). CUDA graphs need a CUDA device and inductor; elsewhere the mode compiles
+    without them rather than failing, so one configuration runs on a GPU and a laptop."""
+    mode = t.compile_mode
+    if mode in CUDA_GRAPH_MODES and (device.type != "cuda" or backend != "inductor"):
+        return CUDA_GRAPH_MODES[mode], False
+    return mode, mode in CUDA_GRAPH_MODES
 
 
 def seed_worker(worker_id: int) -> None:

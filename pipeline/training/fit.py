@@ -247,9 +247,25 @@ def _compile_step(tr: Trainer) -> None:
     if not tr.compile_step:
         return
     backend = accel.compile_backend()
-    tr.train_forward = torch.compile(tr.model, backend=backend, dynamic=False)
-    tr.method.compile(backend=backend)
-    log.info("training step compiled with torch.compile (backend %s)", backend)
+    mode, tr.cuda_graphs = accel.compile_mode(tr.cfg, tr.accelerator.device, backend)
+    if mode != tr.cfg.compile_mode:
+        log.info(
+            "train.compile_mode=%s: no CUDA graphs on %s with back end %s; compiling with mode %s",
+            tr.cfg.compile_mode,
+            tr.accelerator.device.type,
+            backend,
+            mode,
+        )
+    # `mode=None` is torch.compile's default, and the only mode a non-inductor back end takes
+    kwargs = {"backend": backend, "mode": None if mode == "default" else mode}
+    tr.train_forward = torch.compile(tr.model, dynamic=False, **kwargs)
+    tr.method.compile(**kwargs)
+    log.info(
+        "training step compiled with torch.compile (backend %s, mode %s%s)",
+        backend,
+        mode,
+        ", CUDA graphs" if tr.cuda_graphs else "",
+    )
 
 
 def _resume(tr: Trainer, metrics_path: Path) -> list[dict]:

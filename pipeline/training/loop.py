@@ -69,6 +69,9 @@ class Trainer:
     compile_step: bool = False
     train_forward: Any = None
     compile_s: float | None = None  # wall time of the first compiled step (compile included)
+    # the compiled step replays as CUDA graphs (`train.compile_mode`): each step is marked as a
+    # new iteration, so the previous step's graph outputs may be overwritten
+    cuda_graphs: bool = False
     # Running sums (loss and its parts times images, correct, seen) kept on the device so a
     # step never waits for the GPU; named by `keys`, fixed by the method's first loss.
     keys: tuple[str, ...] = ()
@@ -165,6 +168,10 @@ def _step(
     forward = tr.model if tr.train_forward is None else tr.train_forward
     first_compiled = tr.train_forward is not None and tr.compile_s is None
     t0 = time.perf_counter()
+    if tr.cuda_graphs:
+        # Nothing of the previous step's graph outputs is read after this: its loss parts went
+        # into `sums` and its gradients were consumed by the optimizer and cleared.
+        torch.compiler.cudagraph_mark_step_begin()
     with acc.accumulate(tr.model):
         with acc.autocast():
             x = _prepare_inputs(images, tr.channels_last)

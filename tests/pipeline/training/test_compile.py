@@ -24,22 +24,32 @@ from pipeline.training import accel
 BACKEND = "aot_eager"
 
 
-def _trajectory(compiled: bool, steps: int = 3) -> tuple[list[dict], list[torch.Tensor]]:
-    """`steps` SGD steps of `ama` (L_mix from the first step) on one fixed batch."""
+def _trajectory(
+    compiled: bool,
+    steps: int = 3,
+    device: str = "cpu",
+    mode: str | None = None,
+    backend: str = BACKEND,
+) -> tuple[list[dict], list[torch.Tensor]]:
+    """`steps` SGD steps of `ama` (L_mix from the first step) on one fixed batch; `mode` is
+    torch.compile's (reduce-overhead: CUDA graphs, each step marked as the train stage does)."""
     torch.manual_seed(0)
     method = create_method("ama", {"mix_warmup_epochs": 1}, num_classes=10, epochs=4)
     backbone = create_model(
         "resnet18", num_classes=10, stem="cifar", width=0.125, feature_taps=True
     )
-    model = SelfDistillModel(backbone, method.build_aux(backbone))
+    model = SelfDistillModel(backbone, method.build_aux(backbone)).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     forward = model
     if compiled:
-        forward = torch.compile(model, backend=BACKEND, dynamic=False)
-        method.compile(backend=BACKEND)
-    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+        forward = torch.compile(model, backend=backend, mode=mode, dynamic=False)
+        method.compile(backend=backend, mode=mode)
+    x = torch.randn(8, 3, 32, 32).to(device)
+    y = (torch.arange(8) % 10).to(device)
     rows = []
     for step in range(steps):
+        if mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         loss = method.loss(forward(x), y, epoch=min(step, 1))  # epoch 0: without L_mix
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -116,3 +126,98 @@ def test_a_checkpoint_resumes_across_compile(tiny_overrides, tmp_path, monkeypat
     assert [r["epoch"] for r in rows] == [1, 2]
     assert two["resumed_from"] is not None
     assert two["compiled"] is (then == "true")
+
+
+def test_compile_mode_resolves_per_device():
+    """CUDA-graph modes replay as CUDA graphs only on a CUDA device with inductor; elsewhere the
+    same configuration compiles without them instead of failing."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert load_config(None, []).train.compile_mode == "default"
+
+    def mode(name: str, device: torch.device, backend: str = "inductor") -> tuple[str, bool]:
+        t = load_config(None, ["train.compile=true", f"train.compile_mode={name}"]).train
+        return accel.compile_mode(t, device, backend)
+
+    assert mode("default", cuda) == ("default", False)
+    assert mode("reduce-overhead", cuda) == ("reduce-overhead", True)
+    assert mode("max-autotune", cuda) == ("max-autotune", True)
+    assert mode("max-autotune-no-cudagraphs", cuda) == ("max-autotune-no-cudagraphs", False)
+    assert mode("reduce-overhead", cpu) == ("default", False)
+    assert mode("max-autotune", cpu) == ("max-autotune-no-cudagraphs", False)
+    assert mode("reduce-overhead", cuda, "aot_eager") == ("default", False)
+
+
+def test_compile_mode_rejects_what_it_cannot_do():
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set train.compile to true"):
+        load_config(None, ["train.compile=false", "train.compile_mode=reduce-overhead"])
+    # CUDA graphs overwrite a gradient buffer that accumulation would still read
+    with pytest.raises(ConfigError, match="use grad_accum_steps=1"):
+        load_config(
+            None,
+            ["train.compile_mode=max-autotune", "train.grad_accum_steps=2", "train.batch_size=32"],
+        )
+    ok = load_config(
+        None,
+        [
+            "train.compile_mode=max-autotune-no-cudagraphs",
+            "train.grad_accum_steps=2",
+            "train.batch_size=32",
+        ],
+    )
+    assert ok.train.compile_mode == "max-autotune-no-cudagraphs"
+
+
+def test_the_train_stage_compiles_model_and_loss_with_the_resolved_mode(monkeypatch):
+    """`_compile_step` hands torch.compile the mode resolved for the device, for the model and
+    for the method's loss alike, and marks the step for CUDA graphs only where they run."""
+    from types import SimpleNamespace
+
+    from pipeline.training.fit import _compile_step
+
+    calls = []
+
+    def spy(fn, **kwargs):
+        calls.append(kwargs)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", spy)
+    monkeypatch.delenv(accel.COMPILE_BACKEND_ENV, raising=False)
+    cases = [
+        ("reduce-overhead", "cpu", None, False),
+        ("reduce-overhead", "cuda", "reduce-overhead", True),
+        ("max-autotune", "cpu", "max-autotune-no-cudagraphs", False),
+        ("default", "cuda", None, False),
+    ]
+    for name, device, expected, graphs in cases:
+        calls.clear()
+        cfg = load_config(None, ["train.compile=true", f"train.compile_mode={name}"]).train
+        method = create_method("ama", num_classes=10, epochs=4)
+        tr = SimpleNamespace(
+            compile_step=True,
+            cfg=cfg,
+            accelerator=SimpleNamespace(device=torch.device(device)),
+            model=torch.nn.Identity(),
+            method=method,
+            train_forward=None,
+            cuda_graphs=None,
+        )
+        _compile_step(tr)
+        assert [c["mode"] for c in calls] == [expected, expected], (name, device)
+        assert all(c["backend"] == "inductor" and c.get("dynamic", False) is False for c in calls)
+        assert tr.cuda_graphs is graphs and method.compiled
+
+
+@pytest.mark.gpu
+def test_a_cuda_graph_step_matches_eager_over_a_few_steps():
+    """`train.compile_mode: reduce-overhead` on a GPU: the step replayed as CUDA graphs computes
+    what the eager step does, to the tolerance of inductor's reordered sums."""
+    torch._dynamo.reset()
+    eager, eager_w = _trajectory(False, device="cuda")
+    graphs, graphs_w = _trajectory(True, device="cuda", mode="reduce-overhead", backend="inductor")
+    for e, c in zip(eager, graphs, strict=True):
+        for k in e:
+            assert c[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), k
+    for a, b in zip(eager_w, graphs_w, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-4)
