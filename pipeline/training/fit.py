@@ -422,6 +422,8 @@ def _summary(
             "weights_sha256_start": tr.teacher_sha256,
             "weights_sha256_end": weights_sha256(tr.teacher.net),
         }
+    if tr.train_forward is not None:
+        metrics["cuda_graphs"] = tr.cuda_graphs
     if tr.compile_s is not None:
         # the first compiled step of this process: graph capture and code generation, paid once
         metrics["compile_s"] = tr.compile_s
