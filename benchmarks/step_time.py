@@ -14,10 +14,12 @@ forward and backward replayed as CUDA graphs, each step marked as a new iteratio
 mode's first step (graph capture and code generation) is reported once as `compile_s`
 (`compile_s_cudagraphs`), with the graph-break count from dynamo's counters, and is not timed;
 nor is the second "cudagraphs" step, which records the graphs. Prints the median and the
-fastest step of each pair and the ratios to the first method in the same mode; on a busy host
-the fastest step is the steadier figure. `--json OUT` writes, per width and method, `eager_ms`
+fastest step of each pair and the ratios to the first method in the same mode: of the medians,
+of the fastest steps, and "paired", the median over rounds of each step's ratio to the first
+method's step in the same round (drift on a busy host moves both, so this is the steadiest). `--json OUT` writes, per width and method, `eager_ms`
 and `compiled_ms` (and `cudagraphs_ms`; medians), `ratio_eager` and `ratio_compiled` (to the
-first method), compile time, graph breaks and each compiled mode's speed-up over eager. Host
+first method; `_fastest` and `_paired` variants), every timed step (`eager_steps_ms`, ...),
+compile time, graph breaks and each compiled mode's speed-up over eager. Host
 memory is handled as the training stage handles it (`train.reuse_host_memory`);
 `--system-malloc` times glibc's default behaviour instead.
 """
@@ -149,6 +151,12 @@ def compare(args: argparse.Namespace, device: torch.device | None = None) -> dic
             row[f"{mode}_fastest_ms"] = 1000 * fastest
             row[f"ratio_{mode}"] = med / base_med
             row[f"ratio_{mode}_fastest"] = fastest / base_fastest
+            # each round's step against the baseline's step of the same round: drift on a busy
+            # host moves both, so the median of these ratios is the steadiest figure
+            base_times = runs[(base, mode)].times
+            paired = [t / b for t, b in zip(run.times, base_times, strict=True)]
+            row[f"ratio_{mode}_paired"] = statistics.median(paired)
+            row[f"{mode}_steps_ms"] = [round(1000 * t, 2) for t in run.times]
             if mode in COMPILE_MODES:
                 # one compile time per mode when both compiled modes run
                 suffix = "" if mode == "compiled" else f"_{mode}"
@@ -233,7 +241,8 @@ def _print(res: dict, args: argparse.Namespace) -> None:
         for mode in args.modes:
             cells.append(
                 f"{mode} {row[f'{mode}_ms']:8.1f} ms ({row[f'ratio_{mode}']:4.2f}x, "
-                f"fastest {row[f'ratio_{mode}_fastest']:4.2f}x)"
+                f"fastest {row[f'ratio_{mode}_fastest']:4.2f}x, "
+                f"paired {row[f'ratio_{mode}_paired']:4.2f}x)"
             )
         extra = ""
         for key in ("compile_s", "compile_s_cudagraphs"):
