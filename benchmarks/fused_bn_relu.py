@@ -11,7 +11,9 @@ that normalises and clips, and in backward one reduction and one pass for the in
 the ReLU mask recomputed from the saved input. It is timed forward + backward against
 `relu(batch_norm(x))` at the self-teacher's map shapes (CIFAR ResNet-18, width 0.25 at batch 128
 and width 1 at batch 64), interleaved, host memory reused as the train stage does; outputs,
-gradients and running statistics are compared with ATen's. Skips, saying why, without gcc.
+gradients and running statistics are compared with ATen's. `--step-rounds N` also times the
+`ama` training step with the fused kernel in the self-teacher's `DSConv` blocks against the step
+as it is. Skips, saying why, without gcc.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ def fused_bn_relu(lib: ctypes.CDLL, threads: int):
     class BNReLU(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
+            if x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
+                raise ValueError("the fused kernel takes float32 maps in channels_last")
             n, c, h, w = x.shape
             rows = n * h * w
             mean = torch.empty(c, dtype=torch.float64)
@@ -274,6 +278,61 @@ def compare(fused, shape: tuple[int, int, int], repeats: int) -> dict:
     }
 
 
+def in_step(fused, width: float, batch: int, rounds: int) -> dict:
+    """The `ama` training step (benchmarks/step_time.py's) with ATen's batch norms in the
+    self-teacher's `DSConv` blocks against the same step with the fused kernel in their place
+    (both of a block's batch norms then include the ReLU that follows them: the self-teacher's
+    own ReLU after the block finds nothing left to clip), interleaved; the paired ratio."""
+    import types
+
+    from benchmarks.step_time import build
+    from pipeline.models.self_teacher import DSConv
+
+    def dsconv_fused(block, x):
+        dw1, pw1, bn1, _, dw2, pw2, bn2 = block
+        x = fused(pw1(dw1(x)), bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var)
+        return fused(pw2(dw2(x)), bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var)
+
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    runs = {}
+    for name in ("aten", "fused"):
+        torch.manual_seed(0)
+        method, net, opt = build(
+            "ama", model="resnet18", width=width, classes=10, channels_last=True
+        )
+        if name == "fused":
+            for m in net.modules():
+                if isinstance(m, DSConv):
+                    m.forward = types.MethodType(dsconv_fused, m)
+        runs[name] = (method, net, opt, [])
+
+    def step(method, net, opt):
+        t0 = time.perf_counter()
+        loss = method.loss(net(x), y, 200).total
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return time.perf_counter() - t0
+
+    for method, net, opt, _ in runs.values():
+        step(method, net, opt)
+    for _ in range(rounds):
+        for method, net, opt, times in runs.values():
+            times.append(step(method, net, opt))
+    aten, fused_t = runs["aten"][3], runs["fused"][3]
+    return {
+        "width": width,
+        "batch": batch,
+        "rounds": rounds,
+        "aten_ms": 1000 * statistics.median(aten),
+        "fused_ms": 1000 * statistics.median(fused_t),
+        "fused_over_aten_paired": statistics.median(
+            [f / a for f, a in zip(fused_t, aten, strict=True)]
+        ),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -281,6 +340,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=8, help="timed calls of each, interleaved")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--step-rounds",
+        type=int,
+        default=0,
+        help="also time the ama training step (width 0.25, batch 128) with ATen's and with the "
+        "fused batch norms in the self-teacher's DSConv blocks, this many rounds interleaved",
+    )
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -288,6 +354,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, reuse_freed_memory():
         fused = fused_bn_relu(build(Path(tmp)), threads)
         rows = [compare(fused, shape, args.repeats) for shape in SHAPES]
+        step = in_step(fused, 0.25, 128, args.step_rounds) if args.step_rounds else None
     print(f"threads={threads}; forward + backward, median of {args.repeats}")
     for r in rows:
         worst = max(r["max_rel_error"].values())
@@ -296,8 +363,15 @@ def main() -> None:
             f"{r['fused_ms']:7.2f} ms  {r['speedup']:.2f}x  worst rel. error {worst:.1e} "
             f"({r['relu_mask_flips']} of {math.prod(r['shape'])} on the other side of the ReLU)"
         )
+    if step:
+        print(
+            f"ama step, width 0.25, batch 128: ATen {step['aten_ms']:.1f} ms, fused "
+            f"{step['fused_ms']:.1f} ms; fused / ATen, paired over {step['rounds']} rounds: "
+            f"{step['fused_over_aten_paired']:.3f}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"threads": threads, "shapes": rows}, indent=2))
+        out = {"threads": threads, "shapes": rows, "step": step}
+        args.json.write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
 
 

@@ -1,4 +1,5 @@
-"""The training-step benchmarks: bf16 on a CPU, and the self-teacher's blocks."""
+"""The training-step benchmarks: bf16 on a CPU, CUDA graphs refused there, the self-teacher's
+blocks, the per-operator split and the fused batch norm."""
 
 import argparse
 
@@ -77,3 +78,16 @@ def test_fused_bn_relu_computes_what_aten_does(tmp_path, one_thread):
         tol = 1e-4 if row["relu_mask_flips"] == 0 else 1e-2
         assert err["grad_weight"] < tol and err["grad_bias"] < tol, row
         assert row["relu_mask_flips"] <= 2, row
+    step = bench.in_step(fused, width=0.125, batch=2, rounds=1)
+    assert step["aten_ms"] > 0 and step["fused_ms"] > 0
+
+
+def test_step_ops_splits_what_a_self_teacher_adds_by_operator(one_thread):
+    ops = load_benchmark("step_ops")
+    args = argparse.Namespace(model="resnet18", width=0.125, batch=2, classes=10, steps=1)
+    ce, ama = ops.profile("ce", args), ops.profile("ama", args)
+    assert "convolution (depthwise)" not in ce  # the classifier has none
+    for name in ("convolution (depthwise)", "convolution_backward (depthwise)"):
+        assert ama[name] > 0
+    assert ama["convolution (1x1)"] > ce.get("convolution (1x1)", 0.0)
+    assert all(v >= 0 for v in ama.values())

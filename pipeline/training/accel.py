@@ -182,10 +182,13 @@ def compile_backend() -> str:
 
 def compile_mode(t: TrainConfig, device: torch.device, backend: str) -> tuple[str, bool]:
     """`train.compile_mode` for this device: (torch.compile's mode, whether the step replays as
-    CUDA graphs). CUDA graphs need a CUDA device and inductor; elsewhere the mode compiles
-    without them rather than failing, so one configuration runs on a GPU and a laptop."""
+    CUDA graphs). Modes are inductor's (another back end ignores them), and CUDA graphs need a
+    CUDA device; elsewhere a CUDA-graph mode compiles without them rather than failing, so one
+    configuration runs on a GPU and on a laptop."""
     mode = t.compile_mode
-    if mode in CUDA_GRAPH_MODES and (device.type != "cuda" or backend != "inductor"):
+    if backend != "inductor":
+        return "default", False
+    if mode in CUDA_GRAPH_MODES and device.type != "cuda":
         return CUDA_GRAPH_MODES[mode], False
     return mode, mode in CUDA_GRAPH_MODES
 

@@ -250,7 +250,7 @@ def _compile_step(tr: Trainer) -> None:
     mode, tr.cuda_graphs = accel.compile_mode(tr.cfg, tr.accelerator.device, backend)
     if mode != tr.cfg.compile_mode:
         log.info(
-            "train.compile_mode=%s: no CUDA graphs on %s with back end %s; compiling with mode %s",
+            "train.compile_mode=%s does not apply on %s with back end %s; compiling with mode %s",
             tr.cfg.compile_mode,
             tr.accelerator.device.type,
             backend,

@@ -148,6 +148,7 @@ def test_compile_mode_resolves_per_device():
     assert mode("reduce-overhead", cpu) == ("default", False)
     assert mode("max-autotune", cpu) == ("max-autotune-no-cudagraphs", False)
     assert mode("reduce-overhead", cuda, "aot_eager") == ("default", False)
+    assert mode("max-autotune-no-cudagraphs", cpu, "aot_eager") == ("default", False)
 
 
 def test_compile_mode_rejects_what_it_cannot_do():
