@@ -105,9 +105,14 @@ TINY = [
     "validate.latency.throughput_batch=8",
     "validate.latency.throughput_iters=2",
     "validate.gates.min_top1=0.0",
-    # validate.gates.max_top1_drop_int8 stays the library's 2 points: the tiny runs of the
-    # suite drop 0.6 points at most (2 of 359 test images, the slimmed run; 1 image for the
-    # others). The gates' logic is tested with set numbers in tests/pipeline/stages.
+    # The tiny runs' classifiers are trained for 1-2 epochs (about 20% top-1), so their INT8
+    # agreement is noise: on an x86 CPU with VNNI they dropped 0.6 points at most, on one
+    # without (AVX2: 7-bit weights) up to 2.2 (8 of 359 images), over the library's 2. These
+    # runs test the pipeline around the gate, so the gate here only catches a broken INT8 model
+    # (5 points); the gates' logic is tested with set numbers in tests/pipeline/stages, and
+    # the default run's trained classifier holds the library's 2 points (INT8 agrees on every
+    # test image on both CPUs).
+    "validate.gates.max_top1_drop_int8=0.05",
     "validate.sweep.batch_sizes=[1, 4]",
     "validate.sweep.threads=[1]",
     "validate.sweep.min_runs=5",
