@@ -214,14 +214,17 @@ def test_the_train_stage_compiles_model_and_loss_with_the_resolved_mode(monkeypa
 
 
 @pytest.mark.gpu
-def test_a_cuda_graph_step_matches_eager_over_a_few_steps():
-    """`train.compile_mode: reduce-overhead` on a GPU: the step replayed as CUDA graphs computes
-    what the eager step does, to the tolerance of inductor's reordered sums."""
+def test_a_cuda_graph_step_matches_the_compiled_step_over_a_few_steps():
+    """`train.compile_mode: reduce-overhead` on a GPU replays the same inductor kernels as CUDA
+    graphs, so its steps compute what the plainly compiled step does. (Against eager, inductor's
+    reordered sums move an `ama` step of a freshly initialised self-teacher by up to 5% in four
+    steps, as eager float32 does against float64: benchmarks/README.md, "Numerics".)"""
     torch._dynamo.reset()
-    eager, eager_w = _trajectory(False, device="cuda")
+    compiled, compiled_w = _trajectory(True, device="cuda", backend="inductor")
+    torch._dynamo.reset()
     graphs, graphs_w = _trajectory(True, device="cuda", mode="reduce-overhead", backend="inductor")
-    for e, c in zip(eager, graphs, strict=True):
+    for e, c in zip(compiled, graphs, strict=True):
         for k in e:
-            assert c[k] == pytest.approx(e[k], rel=1e-3, abs=1e-5), k
-    for a, b in zip(eager_w, graphs_w, strict=True):
-        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-4)
+            assert c[k] == pytest.approx(e[k], rel=1e-5, abs=1e-7), k
+    for a, b in zip(compiled_w, graphs_w, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
