@@ -16,12 +16,12 @@ mode's first step (graph capture and code generation) is reported once as `compi
 nor is the second "cudagraphs" step, which records the graphs. Prints the median and the
 fastest step of each pair and the ratios to the first method in the same mode: of the medians,
 of the fastest steps, and "paired", the median over rounds of each step's ratio to the first
-method's step in the same round (drift on a busy host moves both, so this is the steadiest). `--json OUT` writes, per width and method, `eager_ms`
-and `compiled_ms` (and `cudagraphs_ms`; medians), `ratio_eager` and `ratio_compiled` (to the
-first method; `_fastest` and `_paired` variants), every timed step (`eager_steps_ms`, ...),
-compile time, graph breaks and each compiled mode's speed-up over eager. Host
-memory is handled as the training stage handles it (`train.reuse_host_memory`);
-`--system-malloc` times glibc's default behaviour instead.
+method's step in the same round (drift on a busy host moves both, so this is the steadiest).
+`--json OUT` writes, per width and method, `eager_ms` and `compiled_ms` (and `cudagraphs_ms`;
+medians), `ratio_eager` and `ratio_compiled` (to the first method; `_fastest` and `_paired`
+variants), every timed step (`eager_steps_ms`, ...), compile time, graph breaks and each
+compiled mode's speed-up over eager. Host memory is handled as the training stage handles it
+(`train.reuse_host_memory`); `--system-malloc` times glibc's default behaviour instead.
 """
 
 from __future__ import annotations
@@ -162,9 +162,10 @@ def compare(args: argparse.Namespace, device: torch.device | None = None) -> dic
                 suffix = "" if mode == "compiled" else f"_{mode}"
                 row["compile_s" + suffix] = run.compile_s
                 row["graph_breaks" + suffix] = run.graph_breaks
-                if "eager" in args.modes:
-                    speedup = "compiled_speedup" if mode == "compiled" else f"{mode}_speedup"
-                    row[speedup] = row["eager_ms"] / row[f"{mode}_ms"]
+        for mode in COMPILE_MODES:
+            if "eager" in args.modes and mode in args.modes:
+                speedup = "compiled_speedup" if mode == "compiled" else f"{mode}_speedup"
+                row[speedup] = row["eager_ms"] / row[f"{mode}_ms"]
         out["methods"][name] = row
     return out
 

@@ -91,3 +91,25 @@ def test_step_ops_splits_what_a_self_teacher_adds_by_operator(one_thread):
         assert ama[name] > 0
     assert ama["convolution (1x1)"] > ce.get("convolution (1x1)", 0.0)
     assert all(v >= 0 for v in ama.values())
+
+
+def test_step_time_pairs_rounds_and_reports_speedups_in_any_mode_order(one_thread):
+    step_time = load_benchmark("step_time")
+    args = argparse.Namespace(
+        model="resnet18",
+        width=0.125,
+        batch=2,
+        steps=2,
+        classes=10,
+        channels_last=False,
+        methods=["ce", "ama"],
+        modes=["compiled", "eager"],
+        backend="eager",  # dynamo's capture without code generation: seconds, not minutes
+        bf16=False,
+    )
+    row = step_time.compare(args)["methods"]["ama"]
+    for mode in ("eager", "compiled"):
+        assert len(row[f"{mode}_steps_ms"]) == 2
+        assert row[f"ratio_{mode}_paired"] > 0
+    assert row["compiled_speedup"] == row["eager_ms"] / row["compiled_ms"]
+    assert row["graph_breaks"] == 0
