@@ -6,7 +6,7 @@ stage with batches from the DataLoader against batches made on the GPU, torch CU
 latency at batch 1 and 32, and whatever of ONNX Runtime's CUDA / TensorRT providers and
 TensorRT itself is installed. Writes one JSON and prints what it skipped and why.
 
-    python benchmarks/gpu_check.py --out gpu_check.json
+    python benchmarks/gpu_check.py --out gpu_check.json [--only eager_vs_compiled ...]
 
 Needs only torch, torchvision, numpy and the project's pure-Python dependencies; every other
 back end is optional. On a machine without a GPU it says so and still writes the JSON.
@@ -268,12 +268,31 @@ def tensorrt_engine(tmp: Path) -> dict:
     )
 
 
+CHECKS = (
+    "gpu_tests",
+    "train_steps",
+    "eager_vs_compiled",
+    "torch_inference",
+    "loader_ab",
+    "onnxruntime_gpu",
+    "tensorrt",
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=30)
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=CHECKS,
+        default=list(CHECKS),
+        help="run these checks only (all by default); the JSON is rewritten after each check, "
+        "so a run stopped by a time limit keeps what it finished",
+    )
     args = p.parse_args()
     import tempfile
 
@@ -286,23 +305,28 @@ def main() -> None:
         )
     else:
         result["gpu"] = torch.cuda.get_device_name(0)
-        checks = {
-            "gpu_tests": gpu_tests,
-            "train_steps": lambda: train_steps(args.width, args.batch, args.steps),
-            "eager_vs_compiled": lambda: eager_vs_compiled(args.width, args.batch, args.steps),
-            "torch_inference": lambda: torch_inference(args.width),
-        }
+        result["check_s"] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            checks["loader_ab"] = lambda: loader_ab(args.width, args.batch, Path(tmp))
-            checks["onnxruntime_gpu"] = lambda: onnxruntime_gpu(args.width, Path(tmp))
-            checks["tensorrt"] = lambda: tensorrt_engine(Path(tmp))
-            for name, fn in checks.items():
+            checks = {
+                "gpu_tests": gpu_tests,
+                "train_steps": lambda: train_steps(args.width, args.batch, args.steps),
+                "eager_vs_compiled": lambda: eager_vs_compiled(args.width, args.batch, args.steps),
+                "torch_inference": lambda: torch_inference(args.width),
+                "loader_ab": lambda: loader_ab(args.width, args.batch, Path(tmp)),
+                "onnxruntime_gpu": lambda: onnxruntime_gpu(args.width, Path(tmp)),
+                "tensorrt": lambda: tensorrt_engine(Path(tmp)),
+            }
+            for name in (c for c in CHECKS if c in args.only):
+                t0 = time.perf_counter()
                 try:
-                    result[name] = fn()
+                    result[name] = checks[name]()
                     if isinstance(result[name], dict) and "skipped" in result[name]:
                         result["skipped"][name] = result.pop(name)["skipped"]
                 except Exception as exc:  # noqa: BLE001 - recorded: the other checks still run
                     result["skipped"][name] = f"{type(exc).__name__}: {exc}"
+                result["check_s"][name] = round(time.perf_counter() - t0, 1)
+                print(f"{name}: {result['check_s'][name]:.0f} s", flush=True)
+                args.out.write_text(json.dumps(result, indent=2, default=str))
     args.out.write_text(json.dumps(result, indent=2, default=str))
     for name, why in result["skipped"].items():
         print(f"skipped {name}: {why}")

@@ -275,6 +275,15 @@ def test_gpu_check_says_what_it_skipped_without_a_gpu(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(out.read_text())
     assert "no CUDA GPU" in data["skipped"]["everything"] and "skipped everything" in res.stdout
+    # a check that does not exist is refused by name before anything runs
+    bad = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--out", str(out), "--only", "eager_vs_eager"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "eager_vs_compiled" in bad.stderr
 
 
 def test_gpu_check_loader_comparison_runs_both_paths(tmp_path, fresh_accelerate_state, one_thread):
