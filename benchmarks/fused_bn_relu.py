@@ -285,7 +285,7 @@ def in_step(fused, width: float, batch: int, rounds: int) -> dict:
     own ReLU after the block finds nothing left to clip), interleaved; the paired ratio."""
     import types
 
-    from benchmarks.step_time import build
+    from benchmarks.step_time import Run
     from pipeline.models.self_teacher import DSConv
 
     def dsconv_fused(block, x):
@@ -293,34 +293,26 @@ def in_step(fused, width: float, batch: int, rounds: int) -> dict:
         x = fused(pw1(dw1(x)), bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var)
         return fused(pw2(dw2(x)), bn2.weight, bn2.bias, bn2.running_mean, bn2.running_var)
 
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
+    cpu = torch.device("cpu")
+    spec = argparse.Namespace(
+        model="resnet18", width=width, classes=10, channels_last=True, bf16=False
+    )
     runs = {}
     for name in ("aten", "fused"):
         torch.manual_seed(0)
-        method, net, opt = build(
-            "ama", model="resnet18", width=width, classes=10, channels_last=True
-        )
+        runs[name] = Run("ama", "eager", spec, cpu)
         if name == "fused":
-            for m in net.modules():
+            for m in runs[name].model.modules():
                 if isinstance(m, DSConv):
                     m.forward = types.MethodType(dsconv_fused, m)
-        runs[name] = (method, net, opt, [])
-
-    def step(method, net, opt):
-        t0 = time.perf_counter()
-        loss = method.loss(net(x), y, 200).total
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0
-
-    for method, net, opt, _ in runs.values():
-        step(method, net, opt)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    for run in runs.values():
+        run.step(x, y)
     for _ in range(rounds):
-        for method, net, opt, times in runs.values():
-            times.append(step(method, net, opt))
-    aten, fused_t = runs["aten"][3], runs["fused"][3]
+        for run in runs.values():
+            run.times.append(run.step(x, y))
+    aten, fused_t = runs["aten"].times, runs["fused"].times
     return {
         "width": width,
         "batch": batch,

@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.step_time import build  # noqa: E402
+from benchmarks.step_time import Run  # noqa: E402
 from pipeline.training.host_memory import reuse_freed_memory  # noqa: E402
 
 
@@ -60,23 +60,15 @@ class OpTimes(TorchDispatchMode):
 def profile(method_name: str, args: argparse.Namespace) -> dict[str, float]:
     """ms per step by operator, mean over `args.steps` steps after one untimed step."""
     torch.manual_seed(0)
-    method, net, opt = build(
-        method_name, model=args.model, width=args.width, classes=args.classes, channels_last=True
-    )
+    spec = argparse.Namespace(**{**vars(args), "channels_last": True, "bf16": False})
+    run = Run(method_name, "eager", spec, torch.device("cpu"))
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, args.classes, (args.batch,))
-
-    def step():
-        loss = method.loss(net(x), y, 200).total  # epoch 200: past every warm-up
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
+    run.step(x, y)  # untimed: first-call allocations
     total: collections.Counter[str] = collections.Counter()
     for _ in range(args.steps):
         with OpTimes() as timer:
-            step()
+            run.step(x, y)  # epoch 200: past every warm-up
         total.update(timer.seconds)
     return {k: 1000 * v / args.steps for k, v in total.most_common()}
 

@@ -41,20 +41,15 @@ def test_teacher_blocks_time_every_level_and_the_whole_self_teacher(one_thread):
             fn()  # forward and backward, no error
 
 
+def _compare_args(**overrides) -> argparse.Namespace:
+    """step_time.compare's arguments for a tiny CPU run."""
+    base = dict(model="resnet18", width=0.125, batch=2, steps=1, classes=10, backend="eager")
+    return argparse.Namespace(**{**base, "channels_last": False, "bf16": False, **overrides})
+
+
 def test_step_time_refuses_cuda_graphs_on_a_cpu():
     step_time = load_benchmark("step_time")
-    args = argparse.Namespace(
-        model="resnet18",
-        width=0.125,
-        batch=2,
-        steps=1,
-        classes=10,
-        channels_last=False,
-        methods=["ce"],
-        modes=["eager", "cudagraphs"],
-        backend="inductor",
-        bf16=False,
-    )
+    args = _compare_args(methods=["ce"], modes=["eager", "cudagraphs"], backend="inductor")
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         step_time.compare(args, torch.device("cpu"))
 
@@ -95,18 +90,8 @@ def test_step_ops_splits_what_a_self_teacher_adds_by_operator(one_thread):
 
 def test_step_time_pairs_rounds_and_reports_speedups_in_any_mode_order(one_thread):
     step_time = load_benchmark("step_time")
-    args = argparse.Namespace(
-        model="resnet18",
-        width=0.125,
-        batch=2,
-        steps=2,
-        classes=10,
-        channels_last=False,
-        methods=["ce", "ama"],
-        modes=["compiled", "eager"],
-        backend="eager",  # dynamo's capture without code generation: seconds, not minutes
-        bf16=False,
-    )
+    # backend "eager": dynamo's capture without code generation, seconds rather than minutes
+    args = _compare_args(methods=["ce", "ama"], modes=["compiled", "eager"], steps=2)
     row = step_time.compare(args)["methods"]["ama"]
     for mode in ("eager", "compiled"):
         assert len(row[f"{mode}_steps_ms"]) == 2
