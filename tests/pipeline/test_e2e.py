@@ -19,7 +19,14 @@ def finished(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("e2e")
     cfg = load_config(
-        None, [*TINY, f"run_dir={root}", "name=shared", "export.formats=[onnx_int8, onnx_fp16]"]
+        None,
+        [
+            *TINY,
+            f"run_dir={root}",
+            "name=shared",
+            "export.formats=[onnx_int8, onnx_fp16]",
+            "data.input_size=32",  # the digits preset's size: the preprocessing checks below
+        ],
     )
     return cfg, run_pipeline(cfg)
 

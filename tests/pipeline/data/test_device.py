@@ -165,6 +165,7 @@ def test_training_with_batches_on_the_device(
         [
             *tiny_overrides,
             "data.on_device=true",
+            "data.input_size=32",  # the stored size: batches on the device are never resized
             "train.grad_accum_steps=2",
             "data.max_per_class=13",
         ],

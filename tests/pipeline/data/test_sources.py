@@ -231,3 +231,22 @@ def test_real_cifar10_small_loads_into_memory() -> None:
         32,
         32,
     )
+
+
+def test_digits_are_scikit_learns_whether_read_from_its_file_or_loaded(monkeypatch) -> None:
+    """The digits are read from the CSV file scikit-learn ships, without importing it (seconds
+    in every process); the arrays, and so the data fingerprint, are `load_digits`' own, and
+    `load_digits` itself serves where the file is not found."""
+    import importlib.util
+
+    from sklearn.datasets import load_digits
+
+    from pipeline.data.sources import basic
+
+    bunch = load_digits()
+    images, labels = basic._digits_arrays()
+    assert images.dtype == bunch.images.dtype and images.tobytes() == bunch.images.tobytes()
+    assert labels.tolist() == bunch.target.tolist()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, labels = basic._digits_arrays()
+    assert images.tobytes() == bunch.images.tobytes() and labels.tolist() == bunch.target.tolist()
