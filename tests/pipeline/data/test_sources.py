@@ -250,3 +250,22 @@ def test_digits_are_scikit_learns_whether_read_from_its_file_or_loaded(monkeypat
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     images, labels = basic._digits_arrays()
     assert images.tobytes() == bunch.images.tobytes() and labels.tolist() == bunch.target.tolist()
+
+
+def test_building_the_digits_does_not_import_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.config import DataConfig\n"
+        "from pipeline.data import build_data\n"
+        "bundle = build_data(DataConfig(name='digits'))\n"
+        "assert len(bundle.classes) == 10 and len(bundle.test) > 300\n"
+        "print('sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
