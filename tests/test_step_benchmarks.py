@@ -88,6 +88,26 @@ def test_step_ops_splits_what_a_self_teacher_adds_by_operator(one_thread):
     assert all(v >= 0 for v in ama.values())
 
 
+def test_step_ops_times_the_added_convolutions_parts_and_checks_their_matrix_products(one_thread):
+    ops = load_benchmark("step_ops")
+    args = argparse.Namespace(
+        model="resnet18", width=0.125, batch=2, classes=10, methods=["ce", "ama"], reps=1
+    )
+    table = ops.conv_parts_table(args)
+    rows = table["rows"]
+    depthwise = [r for r in rows if r["groups"] > 1]
+    pointwise = [r for r in rows if "mm_ms" in r]
+    # only the self-teacher's: depthwise (never a matrix product) and 1x1 convolutions
+    assert depthwise and pointwise and all(r["weight"][2:] in ([1, 1], [3, 3]) for r in rows)
+    assert all("mm_ms" not in r for r in depthwise)
+    assert sum(r["count"] for r in depthwise) == 2 * 6  # two in each of the 6 DSConvs
+    for r in pointwise:
+        assert r["mm_max_rel_err"] < 1e-4, r
+        assert len(r["aten_ms"]) == len(r["mm_ms"]) == 3
+    t = table["totals"]
+    assert 0 < t["best_ms"] <= min(t["aten_ms"], t["mm_ms"]) + 1e-9
+
+
 def test_step_time_pairs_rounds_and_reports_speedups_in_any_mode_order(one_thread):
     step_time = load_benchmark("step_time")
     # backend "eager": dynamo's capture without code generation, seconds rather than minutes
