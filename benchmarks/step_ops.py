@@ -158,8 +158,8 @@ def conv_parts(call: tuple, reps: int) -> dict:
         g2 = g.permute(0, 2, 3, 1).reshape(-1, cout)
         w2 = w.view(cout, cin)
         parts = [lambda: x2 @ w2.t(), lambda: g2 @ w2, lambda: g2.t() @ x2]
-        _, gw = backward([False, True, False])[:2]
         gx = backward([True, False, False])[0]
+        gw = backward([False, True, False])[1]
         row["mm_max_rel_err"] = max(
             _max_rel_err(parts[0]().view(y.shape[0], *y.shape[2:], cout), y.permute(0, 2, 3, 1)),
             _max_rel_err(parts[1]().view(x.shape[0], *x.shape[2:], cin), gx.permute(0, 2, 3, 1)),
