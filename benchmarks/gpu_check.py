@@ -268,15 +268,16 @@ def tensorrt_engine(tmp: Path) -> dict:
     )
 
 
-CHECKS = (
-    "gpu_tests",
-    "train_steps",
-    "eager_vs_compiled",
-    "torch_inference",
-    "loader_ab",
-    "onnxruntime_gpu",
-    "tensorrt",
-)
+# Every check, in the order they run: (arguments, a temporary folder) -> its JSON entry.
+CHECKS = {
+    "gpu_tests": lambda a, tmp: gpu_tests(),
+    "train_steps": lambda a, tmp: train_steps(a.width, a.batch, a.steps),
+    "eager_vs_compiled": lambda a, tmp: eager_vs_compiled(a.width, a.batch, a.steps),
+    "torch_inference": lambda a, tmp: torch_inference(a.width),
+    "loader_ab": lambda a, tmp: loader_ab(a.width, a.batch, tmp),
+    "onnxruntime_gpu": lambda a, tmp: onnxruntime_gpu(a.width, tmp),
+    "tensorrt": lambda a, tmp: tensorrt_engine(tmp),
+}
 
 
 def main() -> None:
@@ -307,19 +308,10 @@ def main() -> None:
         result["gpu"] = torch.cuda.get_device_name(0)
         result["check_s"] = {}
         with tempfile.TemporaryDirectory() as tmp:
-            checks = {
-                "gpu_tests": gpu_tests,
-                "train_steps": lambda: train_steps(args.width, args.batch, args.steps),
-                "eager_vs_compiled": lambda: eager_vs_compiled(args.width, args.batch, args.steps),
-                "torch_inference": lambda: torch_inference(args.width),
-                "loader_ab": lambda: loader_ab(args.width, args.batch, Path(tmp)),
-                "onnxruntime_gpu": lambda: onnxruntime_gpu(args.width, Path(tmp)),
-                "tensorrt": lambda: tensorrt_engine(Path(tmp)),
-            }
             for name in (c for c in CHECKS if c in args.only):
                 t0 = time.perf_counter()
                 try:
-                    result[name] = checks[name]()
+                    result[name] = CHECKS[name](args, Path(tmp))
                     if isinstance(result[name], dict) and "skipped" in result[name]:
                         result["skipped"][name] = result.pop(name)["skipped"]
                 except Exception as exc:  # noqa: BLE001 - recorded: the other checks still run

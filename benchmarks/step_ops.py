@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.step_time import Run  # noqa: E402
+from pipeline.timing import latency  # noqa: E402
 from pipeline.training.host_memory import reuse_freed_memory  # noqa: E402
 
 
@@ -65,13 +65,18 @@ class OpTimes(TorchDispatchMode):
         return out
 
 
-def profile(method_name: str, args: argparse.Namespace) -> dict[str, float]:
-    """ms per step by operator, mean over `args.steps` steps after one untimed step."""
+def _step_run(method_name: str, args: argparse.Namespace) -> tuple[Run, torch.Tensor, torch.Tensor]:
+    """step_time.py's eager CPU step for `method_name` (channels_last, seeded) and one batch."""
     torch.manual_seed(0)
     spec = argparse.Namespace(**{**vars(args), "channels_last": True, "bf16": False})
     run = Run(method_name, "eager", spec, torch.device("cpu"))
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, args.classes, (args.batch,))
+    return run, x, torch.randint(0, args.classes, (args.batch,))
+
+
+def profile(method_name: str, args: argparse.Namespace) -> dict[str, float]:
+    """ms per step by operator, mean over `args.steps` steps after one untimed step."""
+    run, x, y = _step_run(method_name, args)
     run.step(x, y)  # untimed: first-call allocations
     total: collections.Counter[str] = collections.Counter()
     for _ in range(args.steps):
@@ -101,24 +106,14 @@ class ConvCalls(TorchDispatchMode):
 
 def conv_calls(method_name: str, args: argparse.Namespace) -> collections.Counter[tuple]:
     """The convolutions one training step of `method_name` runs, with their counts."""
-    torch.manual_seed(0)
-    spec = argparse.Namespace(**{**vars(args), "channels_last": True, "bf16": False})
-    run = Run(method_name, "eager", spec, torch.device("cpu"))
-    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    run, x, y = _step_run(method_name, args)
     with ConvCalls() as calls:
-        run.step(x, torch.randint(0, args.classes, (args.batch,)))
+        run.step(x, y)
     return calls.calls
 
 
 def _median_ms(fn: Callable[[], object], reps: int) -> float:
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return latency(fn, warmup=2, iters=reps)["p50"]
 
 
 def _max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
